@@ -1,0 +1,1 @@
+"""Target plugins shipped with the connector. Each registers itself by entry point."""

@@ -1,0 +1,5 @@
+"""mimeeq-connector: keeps CRMs in step with Mimeeq contacts."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,256 @@
+"""Loading ``config.yaml``: environment interpolation, validation, compiled mappings.
+
+Every problem is reported as ``file:line: key.path: problem`` and all of them are collected before
+failing, so ``check`` shows everything that is wrong at once. Secret values never appear in a
+message: errors name the key, never the value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from connector.errors import ConfigError
+from connector.mapping import Mapping, load_mapping
+from connector.targets import Adapter, TargetSettings, adapter_class
+
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+DEFAULT_CONFIG = "config.yaml"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on every interface
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    drain_timeout: float = Field(default=25.0, gt=0, description="bound on a graceful stop (s)")
+
+
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = "sqlite:///data/connector.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        return url
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    header: str = Field(default="X-Mimeeq-Token", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    # Two values while rotating: the old one and the new one.
+    values: list[SecretStr] = Field(min_length=1, max_length=5)
+
+
+class TenantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(pattern=r"^CUST-[A-Za-z0-9-]+$")
+    auth: AuthSettings
+    targets: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+class RootSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    tenants: dict[str, TenantSettings] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Target:
+    tenant: str
+    name: str
+    settings: TargetSettings
+    adapter: type[Adapter]
+    mapping: Mapping
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    slug: str
+    customer_id: str
+    auth_header: str
+    tokens: tuple[bytes, ...]
+    targets: dict[str, Target] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    server: ServerSettings
+    store: StoreSettings
+    tenants: dict[str, Tenant]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def targets(self) -> list[Target]:
+        return [t for tenant in self.tenants.values() for t in tenant.targets.values()]
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("CONNECTOR_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    reporter = _Reporter(path, text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+
+    data = _interpolate(raw, (), reporter)
+    try:
+        root = RootSettings.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        reporter.pydantic(exc, ())
+        raise ConfigError(reporter.problems) from None
+
+    tenants: dict[str, Tenant] = {}
+    for slug, tenant in root.tenants.items():
+        if not re.match(SLUG, slug):
+            reporter.add(("tenants", slug), "tenant names are lower-case letters, digits, - and _")
+        targets: dict[str, Target] = {}
+        for name, options in tenant.targets.items():
+            loc = ("tenants", slug, "targets", name)
+            if not re.match(SLUG, name):
+                reporter.add(loc, "target names are lower-case letters, digits, - and _")
+            target = _load_target(slug, name, options, path, loc, reporter)
+            if target is not None:
+                targets[name] = target
+        tenants[slug] = Tenant(
+            slug=slug,
+            customer_id=tenant.customer_id,
+            auth_header=tenant.auth.header,
+            tokens=tuple(v.get_secret_value().encode() for v in tenant.auth.values),
+            targets=targets,
+        )
+        for i, value in enumerate(tenant.auth.values):
+            if len(value.get_secret_value()) < 16:
+                reporter.add(("tenants", slug, "auth", "values", i), "use at least 16 characters")
+    if reporter.problems:
+        raise ConfigError(reporter.problems)
+    return Config(path=path, server=root.server, store=root.store, tenants=tenants)
+
+
+def _load_target(
+    tenant: str,
+    name: str,
+    options: dict[str, Any],
+    path: Path,
+    loc: tuple[str | int, ...],
+    reporter: _Reporter,
+) -> Target | None:
+    type_name = options.get("type")
+    if not isinstance(type_name, str):
+        reporter.add((*loc, "type"), "required: the kind of target (csv, hubspot, rest, ...)")
+        return None
+    try:
+        cls = adapter_class(type_name)
+    except ConfigError as exc:
+        reporter.add((*loc, "type"), str(exc))
+        return None
+    try:
+        settings = cls.settings_model.model_validate(options, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        reporter.pydantic(exc, loc)
+        return None
+    origin = f"{path.name}: {'.'.join(map(str, (*loc, 'mapping')))}"
+    try:
+        mapping = load_mapping(settings.mapping, path.parent, origin=origin)
+    except ConfigError as exc:
+        reporter.problems.extend(exc.problems)
+        return None
+    return Target(tenant=tenant, name=name, settings=settings, adapter=cls, mapping=mapping)
+
+
+def _interpolate(value: Any, loc: tuple[str | int, ...], reporter: _Reporter) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in string values; ``$$`` is a literal ``$``."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*loc, k), reporter) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*loc, i), reporter) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is None or (found == "" and default is not None):
+            if default is None:
+                reporter.add(loc, f"environment variable {name} is not set")
+                return ""
+            return default
+        return found
+
+    return ENV_VAR.sub(substitute, value)
+
+
+class _Reporter:
+    """Collects problems as ``file:line: key.path: problem``, finding lines in the YAML."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.problems: list[str] = []
+        self._lines: dict[tuple[str | int, ...], int] = {}
+        with contextlib.suppress(yaml.YAMLError):  # reported by the caller's own parse
+            self._index(yaml.compose(text, Loader=yaml.SafeLoader), ())
+
+    def _index(self, node: yaml.Node | None, loc: tuple[str | int, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*loc, key.value)
+                self._lines[sub] = key.start_mark.line + 1
+                self._index(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._lines[(*loc, i)] = item.start_mark.line + 1
+                self._index(item, (*loc, i))
+
+    def add(self, loc: tuple[str | int, ...], problem: str) -> None:
+        line = None
+        for depth in range(len(loc), 0, -1):  # the closest key that exists in the file
+            line = self._lines.get(tuple(loc[:depth]))
+            if line is not None:
+                break
+        where = f"{self.path}:{line}" if line else str(self.path)
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        self.problems.append(f"{where}: {key}: {problem}")
+
+    def pydantic(self, exc: ValidationError, prefix: tuple[str | int, ...]) -> None:
+        for error in exc.errors(include_input=False, include_url=False):
+            problem = error["msg"]
+            if error["type"] == "extra_forbidden":
+                problem = "unknown key"
+            elif error["type"] == "missing":
+                problem = "required key is missing"
+            self.add((*prefix, *error["loc"]), problem)

@@ -1,0 +1,142 @@
+"""The store interface: the durable queue every webhook goes through.
+
+The model, shared by every implementation:
+
+* ``events``: every accepted webhook, raw payload included, in arrival order (``seq``).
+* ``queue``: one row per target × contact with undelivered events. A new event folds into the
+  row (its state is the latest full state; a delete wins), so coalescing happens on write and the
+  queue never holds more rows than contacts. ``due_at`` orders the rows oldest first, holds a
+  retry back, and while a row is claimed it is the lease expiry.
+* ``dead_letters``, ``links`` (the target's id of each delivered contact), ``tombstones``
+  (deleted contacts, so a late update cannot resurrect them), ``targets`` (counters, pauses)
+  and ``attempts`` (what happened on each push, for ``trace``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from connector.targets import Operation
+
+ResultKind = Literal["delivered", "retry", "dead", "release"]
+
+
+def new_event_id() -> str:
+    """A UUIDv7: unique, and time-ordered so the event-id index grows at its end."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62)
+    return str(uuid.UUID(int=value | (rand & ((1 << 62) - 1))))
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    tenant: str
+    event_type: str  # the Mimeeq event name
+    contact_id: str
+    op: Operation
+    payload: bytes  # the body exactly as received
+    targets: tuple[str, ...]  # keys ("tenant/target") of the targets it goes to
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event_id: str
+    status: Literal["queued", "dropped"]
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    contact_id: str
+    op: Operation
+    seq: int  # the event whose state is pushed
+    event_id: str
+    event_type: str
+    payload: bytes
+    remote_id: str | None
+    attempts: int  # failed attempts so far
+    events: int  # events folded into this push
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    target: str
+    token: int
+    items: list[ClaimedItem]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What became of one claimed item. ``release`` hands it back untouched (pause, shutdown)."""
+
+    contact_id: str
+    kind: ResultKind
+    error: str | None = None
+    due_at: float | None = None  # retry/release: when it may be claimed again
+    count_attempt: bool = True
+    remote_id: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    target: str
+    pending: int  # undelivered events
+    contacts: int  # contacts with undelivered events
+    dead: int
+    delivered: int
+    oldest_pending_at: float | None
+    paused_reason: str | None
+    paused_until: float | None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None
+
+
+class Store(ABC):
+    """A durable queue. Every method is safe to call concurrently from the event loop."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def append(self, event: NewEvent) -> Accepted:
+        """Store an event and queue it for its targets; durable when this returns."""
+
+    @abstractmethod
+    async def claim(self, target: str, limit: int, lease: float) -> Claim:
+        """Lease up to ``limit`` due contacts of ``target``, oldest first, one row per contact."""
+
+    @abstractmethod
+    async def complete(self, claim: Claim, results: Sequence[Result]) -> None:
+        """Record outcomes. Results for items whose lease was lost are ignored."""
+
+    @abstractmethod
+    async def next_due(self, target: str) -> float | None:
+        """When the earliest row of ``target`` becomes due (or its lease ends), if any."""
+
+    @abstractmethod
+    async def recover(self) -> int:
+        """Release leases a crashed process left behind; return how many."""
+
+    @abstractmethod
+    async def set_paused(self, target: str, reason: str | None, until: float | None) -> None:
+        """Pause ``target`` (reason given) or resume it (reason None)."""
+
+    @abstractmethod
+    async def status(self) -> list[TargetStatus]: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached."""

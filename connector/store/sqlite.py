@@ -1,0 +1,543 @@
+"""The embedded store: one SQLite file in WAL mode, written by one thread with group commit.
+
+Every operation is a function run on a dedicated thread that owns the connection. The thread takes
+whatever operations queued up while the previous commit was syncing and runs them all in ONE
+transaction, so a hundred concurrent webhooks share one fsync instead of paying one each. A
+caller's future resolves only after the commit is on disk (``synchronous=FULL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from connector.errors import ConfigError
+from connector.store.base import (
+    Accepted,
+    Claim,
+    ClaimedItem,
+    NewEvent,
+    Result,
+    Store,
+    TargetStatus,
+    new_event_id,
+)
+
+T = TypeVar("T")
+Operation = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY,
+        event_id    TEXT NOT NULL UNIQUE,
+        tenant      TEXT NOT NULL,
+        contact_id  TEXT NOT NULL,
+        event_type  TEXT NOT NULL,
+        op          TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        received_at REAL NOT NULL,
+        dropped     TEXT
+    );
+    CREATE INDEX events_by_contact ON events (tenant, contact_id, seq);
+
+    CREATE TABLE queue (
+        target          TEXT NOT NULL,
+        contact_id      TEXT NOT NULL,
+        op              TEXT NOT NULL,
+        last_seq        INTEGER NOT NULL,
+        head_at         REAL NOT NULL,
+        events          INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        due_at          REAL NOT NULL,
+        claim           INTEGER,
+        claim_seq       INTEGER,
+        claim_events    INTEGER,
+        claim_op        TEXT,
+        first_error     TEXT,
+        last_error      TEXT,
+        first_failed_at REAL,
+        PRIMARY KEY (target, contact_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX queue_by_due ON queue (target, due_at);
+
+    CREATE TABLE links (
+        target     TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        remote_id  TEXT,
+        seq        INTEGER NOT NULL,
+        at         REAL NOT NULL,
+        PRIMARY KEY (target, contact_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE dead_letters (
+        id              INTEGER PRIMARY KEY,
+        target          TEXT NOT NULL,
+        contact_id      TEXT NOT NULL,
+        op              TEXT NOT NULL,
+        seq             INTEGER NOT NULL,
+        events          INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL,
+        first_error     TEXT,
+        error           TEXT NOT NULL,
+        first_failed_at REAL,
+        failed_at       REAL NOT NULL
+    );
+    CREATE INDEX dead_letters_by_target ON dead_letters (target, id);
+
+    CREATE TABLE tombstones (
+        tenant     TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        deleted_at REAL NOT NULL,
+        PRIMARY KEY (tenant, contact_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE targets (
+        target        TEXT PRIMARY KEY,
+        delivered     INTEGER NOT NULL DEFAULT 0,
+        paused_reason TEXT,
+        paused_until  REAL,
+        paused_at     REAL
+    );
+
+    CREATE TABLE attempts (
+        id         INTEGER PRIMARY KEY,
+        target     TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        at         REAL NOT NULL,
+        outcome    TEXT NOT NULL,
+        detail     TEXT,
+        remote_id  TEXT
+    );
+    CREATE INDEX attempts_by_contact ON attempts (contact_id, id);
+    """,
+]
+
+# --- named queries -----------------------------------------------------------------------------
+
+# Hand a row back: no claim holds it any more.
+UNCLAIM = "claim = NULL, claim_seq = NULL, claim_events = NULL, claim_op = NULL"
+
+Q_TOMBSTONE = "SELECT 1 FROM tombstones WHERE tenant = ? AND contact_id = ?"
+Q_INSERT_EVENT = """
+    INSERT INTO events (event_id, tenant, contact_id, event_type, op, payload, received_at, dropped)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+Q_INSERT_TOMBSTONE = """
+    INSERT OR IGNORE INTO tombstones (tenant, contact_id, seq, deleted_at) VALUES (?, ?, ?, ?)"""
+# A new event folds into the contact's row: its state becomes the one to push. ``due_at`` is
+# kept, so a row in backoff (or leased) stays where it is.
+Q_ENQUEUE = """
+    INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at)
+    VALUES (?, ?, ?, ?, ?, 1, ?)
+    ON CONFLICT (target, contact_id) DO UPDATE SET
+        op = excluded.op, last_seq = excluded.last_seq, events = queue.events + 1"""
+Q_CLAIM = """
+    UPDATE queue SET claim = ?, claim_seq = last_seq, claim_events = events, claim_op = op,
+        due_at = ?
+    WHERE target = ? AND contact_id IN (
+        SELECT contact_id FROM queue WHERE target = ? AND due_at <= ? ORDER BY due_at LIMIT ?)
+    RETURNING contact_id, op, last_seq, attempts, events"""
+Q_CLAIMED_ROW = """
+    SELECT claim_seq, claim_events, last_seq, claim_op, attempts, first_error, first_failed_at
+    FROM queue WHERE target = ? AND contact_id = ? AND claim = ?"""
+Q_DROP_ROW = "DELETE FROM queue WHERE target = ? AND contact_id = ?"
+# Events that arrived during the push stay queued, ready at once.
+Q_KEEP_NEWER = f"""
+    UPDATE queue SET events = events - claim_events, {UNCLAIM}, attempts = 0, due_at = ?,
+        first_error = NULL, last_error = NULL, first_failed_at = NULL,
+        head_at = COALESCE((SELECT received_at FROM events
+                            WHERE tenant = ? AND contact_id = ? AND seq > ? ORDER BY seq LIMIT 1),
+                           head_at)
+    WHERE target = ? AND contact_id = ?"""
+Q_RETRY = f"""
+    UPDATE queue SET {UNCLAIM},
+        attempts = attempts + ?, due_at = ?, last_error = ?,
+        first_error = COALESCE(first_error, ?), first_failed_at = COALESCE(first_failed_at, ?)
+    WHERE target = ? AND contact_id = ? AND claim = ?"""
+Q_RELEASE = f"""
+    UPDATE queue SET {UNCLAIM}, due_at = ?
+    WHERE target = ? AND contact_id = ? AND claim = ?"""
+Q_LINK = """
+    INSERT INTO links (target, contact_id, remote_id, seq, at) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (target, contact_id) DO UPDATE SET
+        remote_id = COALESCE(excluded.remote_id, links.remote_id), seq = excluded.seq,
+        at = excluded.at"""
+Q_UNLINK = "DELETE FROM links WHERE target = ? AND contact_id = ?"
+Q_DEAD = """
+    INSERT INTO dead_letters (target, contact_id, op, seq, events, attempts, first_error, error,
+                              first_failed_at, failed_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+Q_ATTEMPT = """
+    INSERT INTO attempts (target, contact_id, seq, at, outcome, detail, remote_id)
+    VALUES (?, ?, ?, ?, ?, ?, ?)"""
+Q_COUNT_DELIVERED = """
+    INSERT INTO targets (target, delivered) VALUES (?, ?)
+    ON CONFLICT (target) DO UPDATE SET delivered = delivered + excluded.delivered"""
+Q_NEXT_DUE = "SELECT MIN(due_at) FROM queue WHERE target = ?"
+Q_RECOVER = f"""
+    UPDATE queue SET {UNCLAIM}, due_at = ?
+    WHERE claim IS NOT NULL"""
+Q_SET_PAUSED = """
+    INSERT INTO targets (target, paused_reason, paused_until, paused_at) VALUES (?, ?, ?, ?)
+    ON CONFLICT (target) DO UPDATE SET paused_reason = excluded.paused_reason,
+        paused_until = excluded.paused_until, paused_at = excluded.paused_at"""
+Q_STATUS_QUEUE = """
+    SELECT target, COUNT(*), SUM(events), MIN(head_at) FROM queue GROUP BY target"""
+Q_STATUS_DEAD = "SELECT target, COUNT(*) FROM dead_letters GROUP BY target"
+Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until FROM targets"
+
+
+def sqlite_path(url: str, base_dir: Path | None = None) -> Path:
+    """``sqlite:///relative/file.db`` (against ``base_dir``) or ``sqlite:////absolute/file.db``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix:
+        raise ConfigError(f"store.url: expected sqlite:///path/to/file.db, got {url!r}")
+    path = Path(url[len(prefix) :])
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+class SQLiteStore(Store):
+    """The store on one SQLite file. ``exclusive`` takes a lock so only one server uses it."""
+
+    max_group = 1000  # operations per transaction at most
+
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+        self.path = path
+        self.exclusive = exclusive
+        self._ops: queue.SimpleQueue[Operation | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock_file: IO[bytes] | None = None
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.exclusive:
+            self._take_lock()
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name=f"sqlite:{self.path.name}", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_file = lock_path.open("ab")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise ConfigError(
+                f"{self.path} is in use by another connector process "
+                "(several replicas need a PostgreSQL store)"
+            ) from None
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")  # a commit is on disk before the 202
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+            )
+        return conn
+
+    def _serve(self, ready: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        opened: Settled = (ready, None, None)
+        try:
+            conn = self._connect()
+        except Exception as exc:  # reported to open()'s caller
+            opened = (ready, None, exc)
+        loop.call_soon_threadsafe(_settle, [opened])
+        if opened[2] is not None:
+            return
+        try:
+            while True:
+                first = self._ops.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < self.max_group:
+                    try:
+                        op = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if op is None:
+                        self._ops.put(None)  # finish this batch, then stop
+                        break
+                    batch.append(op)
+                loop.call_soon_threadsafe(_settle, self._run_batch(conn, batch))
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _run_batch(conn: sqlite3.Connection, batch: list[Operation]) -> list[Settled]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results: list[Settled] = [(fut, fn(conn, *args), None) for fn, args, fut in batch]
+            conn.execute("COMMIT")
+            return results
+        except Exception:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        # One operation failed: run each alone so the others still commit.
+        settled: list[Settled] = []
+        for fn, args, fut in batch:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                value = fn(conn, *args)
+                conn.execute("COMMIT")
+                settled.append((fut, value, None))
+            except Exception as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                settled.append((fut, None, exc))
+        return settled
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._ops.put((fn, args, fut))
+        return await fut
+
+    # --- operations ------------------------------------------------------------------------------
+
+    async def append(self, event: NewEvent) -> Accepted:
+        return await self._call(_append, event, new_event_id(), time.time())
+
+    async def claim(self, target: str, limit: int, lease: float) -> Claim:
+        token = secrets.randbits(62)
+        items = await self._call(_claim, target, token, limit, lease, time.time())
+        return Claim(target=target, token=token, items=items)
+
+    async def complete(self, claim: Claim, results: Sequence[Result]) -> None:
+        await self._call(_complete, claim, results, time.time())
+
+    async def next_due(self, target: str) -> float | None:
+        return await self._call(_scalar, Q_NEXT_DUE, (target,))
+
+    async def recover(self) -> int:
+        return await self._call(_rowcount, Q_RECOVER, (time.time(),))
+
+    async def set_paused(self, target: str, reason: str | None, until: float | None) -> None:
+        at = time.time() if reason else None
+        await self._call(_rowcount, Q_SET_PAUSED, (target, reason, until, at))
+
+    async def status(self) -> list[TargetStatus]:
+        return await self._call(_status)
+
+    async def ping(self) -> None:
+        await self._call(_scalar, "SELECT 1", ())
+
+
+def _settle(results: list[Settled]) -> None:
+    for fut, value, exc in results:
+        if fut.cancelled():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+
+def _scalar(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+def _rowcount(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _append(conn: sqlite3.Connection, ev: NewEvent, event_id: str, now: float) -> Accepted:
+    dropped = None
+    if ev.op == "upsert" and conn.execute(Q_TOMBSTONE, (ev.tenant, ev.contact_id)).fetchone():
+        dropped = "contact was deleted earlier; a late create or update cannot bring it back"
+    seq = conn.execute(
+        Q_INSERT_EVENT,
+        (event_id, ev.tenant, ev.contact_id, ev.event_type, ev.op, ev.payload, now, dropped),
+    ).lastrowid
+    if dropped:
+        return Accepted(event_id, "dropped", dropped)
+    if ev.op == "delete":
+        conn.execute(Q_INSERT_TOMBSTONE, (ev.tenant, ev.contact_id, seq, now))
+    conn.executemany(
+        Q_ENQUEUE, [(target, ev.contact_id, ev.op, seq, now, now) for target in ev.targets]
+    )
+    return Accepted(event_id, "queued")
+
+
+def _claim(
+    conn: sqlite3.Connection, target: str, token: int, limit: int, lease: float, now: float
+) -> list[ClaimedItem]:
+    rows = conn.execute(Q_CLAIM, (token, now + lease, target, target, now, limit)).fetchall()
+    if not rows:
+        return []
+    seqs = [row[2] for row in rows]
+    marks = ",".join("?" * len(rows))
+    events = {
+        seq: (event_id, event_type, payload)
+        for seq, event_id, event_type, payload in conn.execute(
+            f"SELECT seq, event_id, event_type, payload FROM events WHERE seq IN ({marks})",
+            seqs,
+        )
+    }
+    links = dict(
+        conn.execute(
+            f"SELECT contact_id, remote_id FROM links WHERE target = ? AND contact_id IN ({marks})",
+            [target, *(row[0] for row in rows)],
+        ).fetchall()
+    )
+    items = []
+    for contact_id, op, seq, attempts, count in sorted(rows, key=lambda r: r[2]):
+        event_id, event_type, payload = events[seq]
+        items.append(
+            ClaimedItem(
+                contact_id=contact_id,
+                op=op,
+                seq=seq,
+                event_id=event_id,
+                event_type=event_type,
+                payload=payload,
+                remote_id=links.get(contact_id),
+                attempts=attempts,
+                events=count,
+            )
+        )
+    return items
+
+
+def _complete(
+    conn: sqlite3.Connection, claim: Claim, results: Sequence[Result], now: float
+) -> None:
+    target = claim.target
+    tenant = target.split("/", 1)[0]
+    delivered = 0
+    for res in results:
+        row = conn.execute(Q_CLAIMED_ROW, (target, res.contact_id, claim.token)).fetchone()
+        if row is None:
+            continue  # the lease ran out and someone else owns the row now
+        claim_seq, claim_events, last_seq, op, attempts, first_error, first_failed_at = row
+        if res.kind in ("delivered", "dead"):
+            if last_seq == claim_seq:
+                conn.execute(Q_DROP_ROW, (target, res.contact_id))
+            else:
+                conn.execute(
+                    Q_KEEP_NEWER, (now, tenant, res.contact_id, claim_seq, target, res.contact_id)
+                )
+        if res.kind == "delivered":
+            delivered += claim_events
+            if op == "delete":
+                conn.execute(Q_UNLINK, (target, res.contact_id))
+            else:
+                conn.execute(Q_LINK, (target, res.contact_id, res.remote_id, claim_seq, now))
+        elif res.kind == "dead":
+            conn.execute(
+                Q_DEAD,
+                (
+                    target,
+                    res.contact_id,
+                    op,
+                    claim_seq,
+                    claim_events,
+                    attempts + 1,
+                    first_error or res.error,
+                    res.error or "",
+                    first_failed_at or now,
+                    now,
+                ),
+            )
+        elif res.kind == "retry":
+            conn.execute(
+                Q_RETRY,
+                (
+                    int(res.count_attempt),
+                    res.due_at or now,
+                    res.error,
+                    res.error,
+                    now,
+                    target,
+                    res.contact_id,
+                    claim.token,
+                ),
+            )
+        else:
+            conn.execute(Q_RELEASE, (res.due_at or now, target, res.contact_id, claim.token))
+            continue
+        conn.execute(
+            Q_ATTEMPT,
+            (
+                target,
+                res.contact_id,
+                claim_seq,
+                now,
+                res.kind,
+                res.error or res.note,
+                res.remote_id,
+            ),
+        )
+    if delivered:
+        conn.execute(Q_COUNT_DELIVERED, (target, delivered))
+
+
+def _status(conn: sqlite3.Connection) -> list[TargetStatus]:
+    queued = {row[0]: row[1:] for row in conn.execute(Q_STATUS_QUEUE)}
+    dead = dict(conn.execute(Q_STATUS_DEAD).fetchall())
+    known = {row[0]: row[1:] for row in conn.execute(Q_STATUS_TARGETS)}
+    out = []
+    for target in sorted(set(queued) | set(dead) | set(known)):
+        contacts, pending, oldest = queued.get(target, (0, 0, None))
+        delivered, reason, until = known.get(target, (0, None, None))
+        out.append(
+            TargetStatus(
+                target,
+                pending or 0,
+                contacts,
+                dead.get(target, 0),
+                delivered,
+                oldest,
+                reason,
+                until,
+            )
+        )
+    return out
+
+
+def remove_database(path: Path) -> None:
+    """Delete a SQLite database and its WAL side files (tests, benchmarks)."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{path}{suffix}")

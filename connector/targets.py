@@ -1,0 +1,169 @@
+"""The adapter interface: what a target plugin declares, receives and returns.
+
+A target plugin is a subclass of :class:`Adapter` that sets ``type`` (the name used in the
+config's ``type:`` key), optionally a ``settings_model`` with its own options, and implements
+:meth:`Adapter.push`. It is registered under the ``mimeeq_connector.adapters`` entry-point group,
+so a new CRM is a new module, not an edit of the core::
+
+    [project.entry-points."mimeeq_connector.adapters"]
+    mycrm = "mypackage.mycrm:MyCrmAdapter"
+
+The worker hands ``push`` a batch of :class:`Record` (already coalesced: at most one per contact,
+the latest state, deletes winning) and expects exactly one outcome per record, in order:
+:class:`Delivered`, :class:`Retry` or :class:`Dead`. A failure that concerns the whole batch is
+raised instead, as one of the :mod:`connector.errors` delivery errors.
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+
+from connector.errors import ConfigError
+
+if TYPE_CHECKING:
+    from connector.mapping import Mapping as FieldMapping
+
+ENTRY_POINT_GROUP = "mimeeq_connector.adapters"
+
+Operation = Literal["upsert", "delete"]
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+"""A path in the config: relative paths resolve against the config file's folder."""
+
+
+class Backoff(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    initial: float = Field(default=1.0, gt=0, description="seconds before the first retry")
+    max: float = Field(default=1800.0, gt=0, description="longest wait between two attempts")
+
+
+class TargetSettings(BaseModel):
+    """Options every target has. Adapters subclass it to add their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    mapping: str | dict[str, Any] = Field(description="mapping file, or an inline mapping")
+    enabled: bool = True
+    batch_size: int | None = Field(default=None, ge=1, description="default: the adapter's max")
+    concurrency: int | None = Field(default=None, ge=1, le=64, description="batches in flight")
+    linger: float = Field(default=0.05, ge=0, le=10, description="wait to fill a batch (s)")
+    max_attempts: int = Field(default=25, ge=1, description="failed attempts before dead letter")
+    backoff: Backoff = Backoff()
+    push_timeout: float = Field(default=120.0, gt=0, description="bound on one push (s)")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One contact to push: the latest state the connector holds for it."""
+
+    contact_id: str
+    op: Operation
+    event: str  # the Mimeeq event that carried this state, e.g. "contact-updated"
+    event_id: str  # stable across retries of the same state: a natural idempotency key
+    fields: Mapping[str, Any]  # the mapped record, in the mapping's field order
+    payload: Mapping[str, Any]  # the Mimeeq payload as received
+    remote_id: str | None  # the target's id for this contact, from an earlier delivery
+    attempt: int  # 1 for the first attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    remote_id: str | None = None  # remembered for later updates, deletes and traces
+    note: str | None = None  # shown in trace, e.g. "already deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    reason: str
+    after: float | None = None  # seconds; None means the target's backoff policy
+    count_attempt: bool = True  # False for waits that are not failures (rate limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    reason: str  # the target's own message
+
+
+Outcome = Delivered | Retry | Dead
+
+
+@dataclass(frozen=True, slots=True)
+class TargetContext:
+    """What an adapter knows about where it runs."""
+
+    tenant: str
+    name: str
+    mapping: FieldMapping
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.name}"
+
+
+class Adapter(ABC):
+    """Base class of every target plugin."""
+
+    type: ClassVar[str]
+    settings_model: ClassVar[builtins.type[TargetSettings]] = TargetSettings
+    max_batch_size: ClassVar[int] = 100
+    default_concurrency: ClassVar[int] = 1
+
+    def __init__(self, settings: TargetSettings, context: TargetContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the target (load state, open connections). Called once before any push."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what ``open`` took. Called once, after the last push."""
+
+    @abstractmethod
+    async def push(self, records: Sequence[Record]) -> Sequence[Outcome]:
+        """Deliver a batch; return one outcome per record, in the same order."""
+
+
+_registered: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Register an adapter class directly (embedding, tests); entry points need no call."""
+    _registered[cls.type] = cls
+    return cls
+
+
+def available_adapters() -> dict[str, type[Adapter]]:
+    found: dict[str, type[Adapter]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.load())
+    return found | _registered
+
+
+def adapter_class(type_name: str) -> type[Adapter]:
+    if type_name in _registered:
+        return _registered[type_name]
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=type_name):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+            raise ConfigError(
+                f"entry point {ep.value!r} for target type {type_name!r} is no Adapter"
+            )
+        return cls
+    known = ", ".join(sorted(available_adapters())) or "none installed"
+    raise ConfigError(f"unknown target type {type_name!r} (known: {known})")

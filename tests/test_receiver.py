@@ -1,0 +1,229 @@
+"""The webhook endpoint: what Mimeeq (or anyone else) gets back, and what is stored."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from typing import Any
+
+import aiohttp
+import pytest
+
+from connector.service import Service
+from tests.conftest import CUSTOMER, TOKEN, contact, example, fake_adapter
+
+AUTH = {"X-Mimeeq-Token": TOKEN}
+
+
+def url(service: Service, path: str) -> str:
+    return f"http://127.0.0.1:{service.port}{path}"
+
+
+async def post(
+    http: aiohttp.ClientSession,
+    service: Service,
+    path: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> tuple[int, dict[str, Any]]:
+    raw = data if data is not None else json.dumps(body).encode()
+    async with http.post(
+        url(service, path), data=io.BytesIO(raw), headers=AUTH if headers is None else headers
+    ) as response:
+        assert response.content_type == "application/json"
+        return response.status, await response.json()
+
+
+async def stored_events(service: Service) -> int:
+    with sqlite3.connect(service.config.base_dir / "connector.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+async def test_contact_created_is_queued(service: Service, http: aiohttp.ClientSession) -> None:
+    status, body = await post(
+        http, service, "/webhooks/demo/contact-created", example("contact-created")
+    )
+    assert status == 202
+    assert body["status"] == "queued" and len(body["eventId"]) == 36
+
+
+@pytest.mark.parametrize("event", ["company-created", "company-note-deleted", "basket-submitted"])
+async def test_other_mimeeq_events_are_ignored(
+    service: Service, http: aiohttp.ClientSession, event: str
+) -> None:
+    status, body = await post(http, service, f"/webhooks/demo/{event}", {"id": "COMP-1"})
+    assert (status, body["status"]) == (202, "ignored")
+    assert await stored_events(service) == 0
+
+
+BAD_REQUESTS = [
+    # (case, path, headers, raw body, status, words the error must contain)
+    ("no auth", "/webhooks/demo/contact-created", {}, None, 401, "authentication"),
+    (
+        "wrong auth",
+        "/webhooks/demo/contact-created",
+        {"X-Mimeeq-Token": "nope"},
+        None,
+        401,
+        "authentication",
+    ),
+    (
+        "token in the wrong header",
+        "/webhooks/demo/contact-created",
+        {"Authorization": TOKEN},
+        None,
+        401,
+        "authentication",
+    ),
+    ("unknown tenant", "/webhooks/other/contact-created", AUTH, None, 401, "authentication"),
+    ("unknown event", "/webhooks/demo/contact-merged", AUTH, None, 404, "contact-merged"),
+    (
+        "oversized body",
+        "/webhooks/demo/contact-created",
+        AUTH,
+        json.dumps({**contact(1), "pad": "x" * 1_100_000}).encode(),
+        413,
+        "larger than",
+    ),
+    ("not JSON", "/webhooks/demo/contact-created", AUTH, b"{id: 1", 400, "not valid JSON"),
+    ("empty body", "/webhooks/demo/contact-created", AUTH, b"", 400, "not valid JSON"),
+    (
+        "a JSON array",
+        "/webhooks/demo/contact-created",
+        AUTH,
+        json.dumps([contact(1)]).encode(),
+        400,
+        "must be a JSON object, got an array",
+    ),
+    (
+        "missing id",
+        "/webhooks/demo/contact-created",
+        AUTH,
+        json.dumps({k: v for k, v in contact(1).items() if k != "id"}).encode(),
+        422,
+        "id",
+    ),
+    (
+        "wrong type for emails",
+        "/webhooks/demo/contact-updated",
+        AUTH,
+        json.dumps({**contact(1), "emails": "john@example.com"}).encode(),
+        422,
+        "emails",
+    ),
+    (
+        "email without mail",
+        "/webhooks/demo/contact-updated",
+        AUTH,
+        json.dumps({**contact(1), "emails": [{"type": "WORK"}]}).encode(),
+        422,
+        "emails.0.mail",
+    ),
+    (
+        "foreign customerId",
+        "/webhooks/demo/contact-created",
+        AUTH,
+        json.dumps({**contact(1), "customerId": "CUST-someone-else"}).encode(),
+        422,
+        "customerId",
+    ),
+    (
+        "deleted without id",
+        "/webhooks/demo/contact-deleted",
+        AUTH,
+        json.dumps({"customerId": CUSTOMER}).encode(),
+        422,
+        "id",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "raw", "status", "words"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+async def test_bad_requests_are_refused_and_store_nothing(
+    service: Service,
+    http: aiohttp.ClientSession,
+    path: str,
+    headers: dict[str, str],
+    raw: bytes | None,
+    status: int,
+    words: str,
+) -> None:
+    data = raw if raw is not None else json.dumps(contact(1)).encode()
+    got, body = await post(http, service, path, headers=headers, data=data)
+    assert got == status
+    assert words in body["error"]
+    assert await stored_events(service) == 0
+    assert fake_adapter(service).pushes == []
+
+
+async def test_validation_errors_name_the_field(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    _, body = await post(
+        http,
+        service,
+        "/webhooks/demo/contact-updated",
+        {**contact(1), "emails": "john@example.com"},
+    )
+    assert body["field"] == "emails"
+    assert body["error"].startswith("invalid contact-updated payload: emails:")
+
+
+async def test_unknown_tenant_and_wrong_token_look_the_same(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    unknown = await post(http, service, "/webhooks/nobody/contact-created", contact(1))
+    wrong = await post(
+        http,
+        service,
+        "/webhooks/demo/contact-created",
+        contact(1),
+        headers={"X-Mimeeq-Token": "wrong"},
+    )
+    assert unknown == wrong
+
+
+async def test_auth_is_checked_before_the_body(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    status, _ = await post(
+        http, service, "/webhooks/demo/contact-created", headers={}, data=b"x" * 2_000_000
+    )
+    assert status == 401
+
+
+async def test_unknown_fields_are_tolerated_and_kept(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    body = {**contact(1), "newMimeeqField": {"nested": True}}
+    status, _ = await post(http, service, "/webhooks/demo/contact-created", body)
+    assert status == 202
+
+
+async def test_probes(service: Service, http: aiohttp.ClientSession) -> None:
+    async with http.get(url(service, "/healthz")) as response:
+        assert response.status == 200
+    async with http.get(url(service, "/readyz")) as response:
+        assert response.status == 200
+    service.accepting = False  # as while draining
+    async with http.get(url(service, "/readyz")) as response:
+        assert response.status == 503
+    status, body = await post(http, service, "/webhooks/demo/contact-created", contact(1))
+    assert status == 503 and "shutting down" in body["error"]
+    service.accepting = True
+
+
+async def test_unknown_routes_answer_json(service: Service, http: aiohttp.ClientSession) -> None:
+    async with http.get(url(service, "/webhooks/demo/contact-created")) as response:
+        assert response.status == 405
+        assert "error" in await response.json()
+    async with http.get(url(service, "/nothing")) as response:
+        assert response.status == 404
+        assert "error" in await response.json()
