@@ -12,13 +12,21 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from connector.errors import ConfigError
-from connector.mapping import Mapping, load_mapping
+from connector.mapping import Mapping, StrictYamlLoader, load_mapping
 from connector.targets import Adapter, TargetSettings, adapter_class
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -46,11 +54,20 @@ class StoreSettings(BaseModel):
         return url
 
 
+def _long_enough(token: SecretStr) -> SecretStr:
+    if len(token.get_secret_value()) < 16:
+        raise ValueError("use at least 16 characters")  # never echo the value itself
+    return token
+
+
+Token = Annotated[SecretStr, AfterValidator(_long_enough)]
+
+
 class AuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     header: str = Field(default="X-Mimeeq-Token", pattern=r"^[A-Za-z0-9-]{1,64}$")
     # Two values while rotating: the old one and the new one.
-    values: list[SecretStr] = Field(min_length=1, max_length=5)
+    values: list[Token] = Field(min_length=1, max_length=5)
 
 
 class TenantSettings(BaseModel):
@@ -118,7 +135,7 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     reporter = _Reporter(path, text)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -127,36 +144,41 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
 
     data = _interpolate(raw, (), reporter)
+    root: RootSettings | None = None
     try:
         root = RootSettings.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
         reporter.pydantic(exc, ())
-        raise ConfigError(reporter.problems) from None
 
-    tenants: dict[str, Tenant] = {}
-    for slug, tenant in root.tenants.items():
-        if not re.match(SLUG, slug):
+    # Targets are validated by their adapter's own model, even when the rest has problems, so
+    # that one run of `check` lists everything.
+    targets: dict[str, dict[str, Target]] = {}
+    raw_tenants = data.get("tenants")
+    for slug, tenant in (raw_tenants if isinstance(raw_tenants, dict) else {}).items():
+        if not re.match(SLUG, str(slug)):
             reporter.add(("tenants", slug), "tenant names are lower-case letters, digits, - and _")
-        targets: dict[str, Target] = {}
-        for name, options in tenant.targets.items():
+        raw_targets = tenant.get("targets") if isinstance(tenant, dict) else None
+        for name, options in (raw_targets if isinstance(raw_targets, dict) else {}).items():
             loc = ("tenants", slug, "targets", name)
-            if not re.match(SLUG, name):
+            if not re.match(SLUG, str(name)):
                 reporter.add(loc, "target names are lower-case letters, digits, - and _")
-            target = _load_target(slug, name, options, path, loc, reporter)
-            if target is not None:
-                targets[name] = target
-        tenants[slug] = Tenant(
+            if isinstance(options, dict):
+                target = _load_target(slug, name, options, path, loc, reporter)
+                if target is not None:
+                    targets.setdefault(slug, {})[name] = target
+    if reporter.problems or root is None:
+        raise ConfigError(reporter.problems)
+
+    tenants = {
+        slug: Tenant(
             slug=slug,
             customer_id=tenant.customer_id,
             auth_header=tenant.auth.header,
             tokens=tuple(v.get_secret_value().encode() for v in tenant.auth.values),
-            targets=targets,
+            targets=targets.get(slug, {}),
         )
-        for i, value in enumerate(tenant.auth.values):
-            if len(value.get_secret_value()) < 16:
-                reporter.add(("tenants", slug, "auth", "values", i), "use at least 16 characters")
-    if reporter.problems:
-        raise ConfigError(reporter.problems)
+        for slug, tenant in root.tenants.items()
+    }
     return Config(path=path, server=root.server, store=root.store, tenants=tenants)
 
 
@@ -248,7 +270,7 @@ class _Reporter:
 
     def pydantic(self, exc: ValidationError, prefix: tuple[str | int, ...]) -> None:
         for error in exc.errors(include_input=False, include_url=False):
-            problem = error["msg"]
+            problem = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 problem = "unknown key"
             elif error["type"] == "missing":

@@ -64,7 +64,7 @@ from jmespath.exceptions import JMESPathError
 from connector._jmespath_compile import Getter, compile_expression, describe_error
 from connector.errors import MappingError, RecordMappingError
 
-__all__ = ["Mapping", "load_mapping"]
+__all__ = ["Mapping", "StrictYamlLoader", "load_mapping"]
 
 _TOP_LEVEL = ("extends", "description", "fields")
 _OPTIONS = (
@@ -147,7 +147,7 @@ _Fields = dict[str, tuple[str, Any]]  # field -> (file that defines it, its raw 
 _Chain = tuple[tuple[Path, str], ...]  # files being loaded: (resolved path, label)
 
 
-class _YamlLoader(yaml.SafeLoader):
+class StrictYamlLoader(yaml.SafeLoader):
     """Safe YAML, stricter where mapping files get bitten: a key written twice is an error (not a
     silent override), only true/false are booleans (``map: {no: No}`` keeps the text 'no') and
     dates stay text."""
@@ -165,11 +165,11 @@ class _YamlLoader(yaml.SafeLoader):
 
 
 _BOOL_TAG, _TIMESTAMP_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"
-_YamlLoader.yaml_implicit_resolvers = {
+StrictYamlLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_YamlLoader.add_implicit_resolver(
+StrictYamlLoader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
@@ -181,7 +181,7 @@ def _load_file(path: Path, source: str, chain: _Chain) -> _Fields:
         raise MappingError(source, None, "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(source, None, f"cannot read the file: {exc}") from None
-    loader = _YamlLoader(text)
+    loader = StrictYamlLoader(text)
     try:
         document = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from tests.conftest import ROOT, ServerProcess, contact, example
 
@@ -46,9 +45,10 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> float:
 
 
 async def post(server: ServerProcess, event: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{server.url}/webhooks/demo/{event}", json=body, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{server.url}/webhooks/demo/{event}", json=body, headers=AUTH) as response,
+    ):
         assert response.status == 202, await response.text()
         answer: dict[str, Any] = await response.json()
         return answer
@@ -67,7 +67,10 @@ async def test_example_contact_lifecycle_reaches_the_csv(
     await asyncio.to_thread(wait_until, lambda: contact_id in read_csv(sheet), 1.0)
     row = read_csv(sheet)[contact_id]
     assert (row["first_name"], row["last_name"], row["email"]) == (
-        "John", "Doe", "john.doe@example.com")
+        "John",
+        "Doe",
+        "john.doe@example.com",
+    )
     assert row["city"] == "Example City" and row["tags"] == "tag1; tag2"
     assert row["position"] == ""
 
@@ -154,5 +157,3 @@ async def test_sigterm_drains_and_a_restart_continues(
     assert server.stop() == 0
     log = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
     assert any(entry.get("event") == "connector stopped" for entry in log)
-
-

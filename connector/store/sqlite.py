@@ -51,9 +51,10 @@ MIGRATIONS: list[str] = [
         received_at REAL NOT NULL,
         dropped     TEXT
     );
-    CREATE INDEX events_by_contact ON events (tenant, contact_id, seq);
 
+    -- Rows live in insertion order (id), so the oldest rows claimed together share pages.
     CREATE TABLE queue (
+        id              INTEGER PRIMARY KEY,
         target          TEXT NOT NULL,
         contact_id      TEXT NOT NULL,
         op              TEXT NOT NULL,
@@ -68,9 +69,9 @@ MIGRATIONS: list[str] = [
         claim_op        TEXT,
         first_error     TEXT,
         last_error      TEXT,
-        first_failed_at REAL,
-        PRIMARY KEY (target, contact_id)
-    ) WITHOUT ROWID;
+        first_failed_at REAL
+    );
+    CREATE UNIQUE INDEX queue_by_contact ON queue (target, contact_id);
     CREATE INDEX queue_by_due ON queue (target, due_at);
 
     CREATE TABLE links (
@@ -123,7 +124,6 @@ MIGRATIONS: list[str] = [
         detail     TEXT,
         remote_id  TEXT
     );
-    CREATE INDEX attempts_by_contact ON attempts (contact_id, id);
     """,
 ]
 
@@ -132,10 +132,12 @@ MIGRATIONS: list[str] = [
 # Hand a row back: no claim holds it any more.
 UNCLAIM = "claim = NULL, claim_seq = NULL, claim_events = NULL, claim_op = NULL"
 
-Q_TOMBSTONE = "SELECT 1 FROM tombstones WHERE tenant = ? AND contact_id = ?"
+DROPPED_AFTER_DELETE = "contact was deleted earlier; a late create or update cannot bring it back"
+
 Q_INSERT_EVENT = """
-    INSERT INTO events (event_id, tenant, contact_id, event_type, op, payload, received_at, dropped)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+    INSERT INTO events (seq, event_id, tenant, contact_id, event_type, op, payload, received_at,
+                        dropped)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 Q_INSERT_TOMBSTONE = """
     INSERT OR IGNORE INTO tombstones (tenant, contact_id, seq, deleted_at) VALUES (?, ?, ?, ?)"""
 # A new event folds into the contact's row: its state becomes the one to push. ``due_at`` is
@@ -148,19 +150,19 @@ Q_ENQUEUE = """
 Q_CLAIM = """
     UPDATE queue SET claim = ?, claim_seq = last_seq, claim_events = events, claim_op = op,
         due_at = ?
-    WHERE target = ? AND contact_id IN (
-        SELECT contact_id FROM queue WHERE target = ? AND due_at <= ? ORDER BY due_at LIMIT ?)
+    WHERE id IN (SELECT id FROM queue WHERE target = ? AND due_at <= ? ORDER BY due_at LIMIT ?)
     RETURNING contact_id, op, last_seq, attempts, events"""
-Q_CLAIMED_ROW = """
-    SELECT claim_seq, claim_events, last_seq, claim_op, attempts, first_error, first_failed_at
-    FROM queue WHERE target = ? AND contact_id = ? AND claim = ?"""
+Q_CLAIMED_ROWS = """
+    SELECT contact_id, claim_seq, claim_events, last_seq, claim_op, attempts, first_error,
+        first_failed_at
+    FROM queue WHERE target = ? AND claim = ?"""
 Q_DROP_ROW = "DELETE FROM queue WHERE target = ? AND contact_id = ?"
 # Events that arrived during the push stay queued, ready at once.
 Q_KEEP_NEWER = f"""
     UPDATE queue SET events = events - claim_events, {UNCLAIM}, attempts = 0, due_at = ?,
         first_error = NULL, last_error = NULL, first_failed_at = NULL,
-        head_at = COALESCE((SELECT received_at FROM events
-                            WHERE tenant = ? AND contact_id = ? AND seq > ? ORDER BY seq LIMIT 1),
+        head_at = COALESCE((SELECT received_at FROM events  -- only events since the claim
+                            WHERE seq > ? AND tenant = ? AND contact_id = ? ORDER BY seq LIMIT 1),
                            head_at)
     WHERE target = ? AND contact_id = ?"""
 Q_RETRY = f"""
@@ -306,7 +308,15 @@ class SQLiteStore(Store):
     def _run_batch(conn: sqlite3.Connection, batch: list[Operation]) -> list[Settled]:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results: list[Settled] = [(fut, fn(conn, *args), None) for fn, args, fut in batch]
+            # Appends (the receiver's webhooks) are stored together in a few statements.
+            appends = [(args, fut) for fn, args, fut in batch if fn is _append]
+            results: list[Settled] = []
+            if appends:
+                accepted = _append_many(conn, [args for args, _ in appends])
+                results = [(fut, a, None) for (_, fut), a in zip(appends, accepted, strict=True)]
+            results += [
+                (fut, fn(conn, *args), None) for fn, args, fut in batch if fn is not _append
+            ]
             conn.execute("COMMIT")
             return results
         except Exception:
@@ -383,27 +393,69 @@ def _rowcount(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> in
 
 
 def _append(conn: sqlite3.Connection, ev: NewEvent, event_id: str, now: float) -> Accepted:
-    dropped = None
-    if ev.op == "upsert" and conn.execute(Q_TOMBSTONE, (ev.tenant, ev.contact_id)).fetchone():
-        dropped = "contact was deleted earlier; a late create or update cannot bring it back"
-    seq = conn.execute(
-        Q_INSERT_EVENT,
-        (event_id, ev.tenant, ev.contact_id, ev.event_type, ev.op, ev.payload, now, dropped),
-    ).lastrowid
-    if dropped:
-        return Accepted(event_id, "dropped", dropped)
-    if ev.op == "delete":
-        conn.execute(Q_INSERT_TOMBSTONE, (ev.tenant, ev.contact_id, seq, now))
-    conn.executemany(
-        Q_ENQUEUE, [(target, ev.contact_id, ev.op, seq, now, now) for target in ev.targets]
-    )
-    return Accepted(event_id, "queued")
+    return _append_many(conn, [(ev, event_id, now)])[0]
+
+
+def _append_many(
+    conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, str, float]]
+) -> list[Accepted]:
+    """Store a group of events with a handful of statements, whatever the group's size."""
+    deleted = _tombstoned(conn, [ev for ev, _, _ in batch if ev.op == "upsert"])
+    seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    events: list[tuple[Any, ...]] = []
+    tombstones: list[tuple[Any, ...]] = []
+    queued: list[tuple[Any, ...]] = []
+    answers: list[Accepted] = []
+    for ev, event_id, now in batch:
+        seq += 1
+        key = (ev.tenant, ev.contact_id)
+        dropped = DROPPED_AFTER_DELETE if ev.op == "upsert" and key in deleted else None
+        events.append(
+            (
+                seq,
+                event_id,
+                ev.tenant,
+                ev.contact_id,
+                ev.event_type,
+                ev.op,
+                ev.payload,
+                now,
+                dropped,
+            )
+        )
+        if dropped:
+            answers.append(Accepted(event_id, "dropped", dropped))
+            continue
+        if ev.op == "delete":
+            deleted.add(key)
+            tombstones.append((ev.tenant, ev.contact_id, seq, now))
+        queued.extend((target, ev.contact_id, ev.op, seq, now, now) for target in ev.targets)
+        answers.append(Accepted(event_id, "queued"))
+    conn.executemany(Q_INSERT_EVENT, events)
+    conn.executemany(Q_INSERT_TOMBSTONE, tombstones)
+    conn.executemany(Q_ENQUEUE, queued)
+    return answers
+
+
+def _tombstoned(conn: sqlite3.Connection, events: list[NewEvent]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for tenant in {ev.tenant for ev in events}:
+        ids = list({ev.contact_id for ev in events if ev.tenant == tenant})
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT contact_id FROM tombstones WHERE tenant = ? AND contact_id IN ({marks})"
+            found.update((tenant, row[0]) for row in conn.execute(sql, [tenant, *chunk]))
+    return found
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _claim(
     conn: sqlite3.Connection, target: str, token: int, limit: int, lease: float, now: float
 ) -> list[ClaimedItem]:
-    rows = conn.execute(Q_CLAIM, (token, now + lease, target, target, now, limit)).fetchall()
+    rows = conn.execute(Q_CLAIM, (token, now + lease, target, now, limit)).fetchall()
     if not rows:
         return []
     seqs = [row[2] for row in rows]
@@ -445,70 +497,63 @@ def _complete(
 ) -> None:
     target = claim.target
     tenant = target.split("/", 1)[0]
+    # Rows this claim still holds: a row whose lease ran out belongs to someone else now.
+    held: dict[str, tuple[Any, ...]] = {}
+    for chunk in _chunks([res.contact_id for res in results]):
+        marks = ",".join("?" * len(chunk))
+        held.update(
+            (row[0], row[1:])
+            for row in conn.execute(
+                f"{Q_CLAIMED_ROWS} AND contact_id IN ({marks})", [target, claim.token, *chunk]
+            )
+        )
+    drop: list[tuple[Any, ...]] = []
+    keep_newer: list[tuple[Any, ...]] = []
+    link: list[tuple[Any, ...]] = []
+    unlink: list[tuple[Any, ...]] = []
+    dead: list[tuple[Any, ...]] = []
+    retry: list[tuple[Any, ...]] = []
+    release: list[tuple[Any, ...]] = []
+    attempts: list[tuple[Any, ...]] = []
     delivered = 0
     for res in results:
-        row = conn.execute(Q_CLAIMED_ROW, (target, res.contact_id, claim.token)).fetchone()
-        if row is None:
-            continue  # the lease ran out and someone else owns the row now
-        claim_seq, claim_events, last_seq, op, attempts, first_error, first_failed_at = row
+        if res.contact_id not in held:
+            continue
+        claim_seq, claim_events, last_seq, op, tries, first_error, first_failed_at = held[
+            res.contact_id
+        ]
+        key = (target, res.contact_id)
         if res.kind in ("delivered", "dead"):
             if last_seq == claim_seq:
-                conn.execute(Q_DROP_ROW, (target, res.contact_id))
-            else:
-                conn.execute(
-                    Q_KEEP_NEWER, (now, tenant, res.contact_id, claim_seq, target, res.contact_id)
-                )
+                drop.append(key)
+            else:  # events that arrived during the push stay queued
+                keep_newer.append((now, claim_seq, tenant, res.contact_id, *key))
         if res.kind == "delivered":
             delivered += claim_events
             if op == "delete":
-                conn.execute(Q_UNLINK, (target, res.contact_id))
-            else:
-                conn.execute(Q_LINK, (target, res.contact_id, res.remote_id, claim_seq, now))
+                unlink.append(key)
+            elif res.remote_id is not None:
+                link.append((*key, res.remote_id, claim_seq, now))
         elif res.kind == "dead":
-            conn.execute(
-                Q_DEAD,
-                (
-                    target,
-                    res.contact_id,
-                    op,
-                    claim_seq,
-                    claim_events,
-                    attempts + 1,
-                    first_error or res.error,
-                    res.error or "",
-                    first_failed_at or now,
-                    now,
-                ),
-            )
+            dead.append(
+                (*key, op, claim_seq, claim_events, tries + 1, first_error or res.error,
+                 res.error or "", first_failed_at or now, now)
+            )  # fmt: skip
         elif res.kind == "retry":
-            conn.execute(
-                Q_RETRY,
-                (
-                    int(res.count_attempt),
-                    res.due_at or now,
-                    res.error,
-                    res.error,
-                    now,
-                    target,
-                    res.contact_id,
-                    claim.token,
-                ),
-            )
+            retry.append(
+                (int(res.count_attempt), res.due_at or now, res.error, res.error, now, *key,
+                 claim.token)
+            )  # fmt: skip
         else:
-            conn.execute(Q_RELEASE, (res.due_at or now, target, res.contact_id, claim.token))
+            release.append((res.due_at or now, *key, claim.token))
             continue
-        conn.execute(
-            Q_ATTEMPT,
-            (
-                target,
-                res.contact_id,
-                claim_seq,
-                now,
-                res.kind,
-                res.error or res.note,
-                res.remote_id,
-            ),
-        )
+        attempts.append((*key, claim_seq, now, res.kind, res.error or res.note, res.remote_id))
+    for sql, rows in (
+        (Q_DROP_ROW, drop), (Q_KEEP_NEWER, keep_newer), (Q_LINK, link), (Q_UNLINK, unlink),
+        (Q_DEAD, dead), (Q_RETRY, retry), (Q_RELEASE, release), (Q_ATTEMPT, attempts),
+    ):  # fmt: skip
+        if rows:
+            conn.executemany(sql, rows)
     if delivered:
         conn.execute(Q_COUNT_DELIVERED, (target, delivered))
 

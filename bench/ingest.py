@@ -1,0 +1,305 @@
+"""Ingest benchmark: accepted webhooks per second and time to 202, against a bare aiohttp app.
+
+Both servers run as separate processes and are loaded in the same run by the same generator:
+``wrk`` when it is installed (a Lua script gives every request its own contact), otherwise a pool
+of aiohttp clients in a child process. The real server runs the example-like config on SQLite
+with a ``null`` target draining the queue at the same time, as in production.
+
+    python bench/ingest.py [--seconds 10] [--connections 64] [--rate 500]
+
+Prints a readable report and, last, one JSON line with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, free_port, machine, wait_for_port
+
+TOKEN = "bench-token-0123456789"
+CUSTOMER = "CUST-e3115ba6-0cce-4ba5-9803-aadf90ba2a96"
+BODY = json.loads((ROOT / "tests" / "data" / "contact-created.json").read_text())
+
+BARE_APP = textwrap.dedent(
+    """
+    import sys
+    from aiohttp import web
+    async def handle(request):
+        await request.read()
+        return web.json_response({"eventId": "x", "status": "queued"}, status=202)
+    app = web.Application()
+    app.router.add_post("/webhooks/{tenant}/{event}", handle)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    """
+)
+
+WRK_SCRIPT = textwrap.dedent(
+    """
+    local counter = 0
+    local template = [[BODY]]
+    wrk.method = "POST"
+    wrk.headers["Content-Type"] = "application/json"
+    wrk.headers["X-Mimeeq-Token"] = "TOKEN"
+    request = function()
+        counter = counter + 1
+        local id = string.format("CONT-%08d-%d", counter, math.random(1, 1000000000))
+        local body = string.gsub(template, "CONTACT_ID", id)
+        return wrk.format(nil, "/webhooks/demo/contact-created", nil, body)
+    end
+    """
+)
+
+
+def write_config(folder: Path) -> Path:
+    config = folder / "config.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            server: {{host: 127.0.0.1, port: 0}}
+            store: {{url: "sqlite:///connector.db"}}
+            tenants:
+              demo:
+                customer_id: {CUSTOMER}
+                auth: {{header: X-Mimeeq-Token, values: ["{TOKEN}"]}}
+                targets:
+                  sink: {{type: "null", mapping: "{ROOT / "mappings" / "csv-contacts.yaml"}"}}
+            """
+        )
+    )
+    return config
+
+
+def run_wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    figures: dict[str, float] = {"errors": 0}
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            figures["rps"] = float(words[1])
+        elif line.strip().startswith(("50%", "99%")):
+            figures["p" + words[0].rstrip("%")] = _ms(words[1])
+        elif "requests in" in line:
+            figures["requests"] = float(words[0])
+        elif line.strip().startswith("Non-2xx"):
+            figures["errors"] += float(words[-1])
+        elif line.strip().startswith("Socket errors"):
+            figures["errors"] += sum(float(w.rstrip(",")) for w in words[3::2])
+    return figures
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+async def client_load(
+    url: str, seconds: float, connections: int, rate: float | None
+) -> dict[str, float]:
+    """aiohttp load: as fast as possible, or at a fixed rate (open loop) when ``rate`` is set."""
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    deadline = time.monotonic() + seconds
+    template = json.dumps(BODY)
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        nonlocal counter, errors
+        counter += 1
+        body = template.replace(BODY["id"], f"CONT-{counter:08d}-{os.getpid()}")
+        start = time.perf_counter()
+        try:
+            async with http.post(
+                url + "/webhooks/demo/contact-created",
+                data=body,
+                headers={"X-Mimeeq-Token": TOKEN, "Content-Type": "application/json"},
+            ) as response:
+                await response.read()
+                ok = response.status == 202
+        except aiohttp.ClientError:
+            ok = False
+        latencies.append((time.perf_counter() - start) * 1000)
+        errors += not ok
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as http:
+        started = time.monotonic()
+        if rate:
+            tasks = []
+            n = 0
+            while time.monotonic() < deadline:
+                due = started + n / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                tasks.append(asyncio.create_task(one(http)))
+                n += 1
+            await asyncio.gather(*tasks)
+        else:
+
+            async def worker() -> None:
+                while time.monotonic() < deadline:
+                    await one(http)
+
+            await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.monotonic() - started
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
+        "errors": errors,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def load_in_child(
+    url: str, seconds: float, connections: int, rate: float | None
+) -> dict[str, float]:
+    """Run the aiohttp generator in its own process, so it does not share the server's core."""
+    code = (
+        "import asyncio, json, sys; sys.path.insert(0, sys.argv[1]); import ingest; "
+        "print(json.dumps(asyncio.run(ingest.client_load(sys.argv[2], float(sys.argv[3]), "
+        "int(sys.argv[4]), float(sys.argv[5]) or None))))"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(Path(__file__).parent),
+            url,
+            str(seconds),
+            str(connections),
+            str(rate or 0),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=500, help="fixed rate for the latency run")
+    parser.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto")
+    args = parser.parse_args()
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "aiohttp"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        script = folder / "post.lua"
+        body = json.dumps(BODY).replace(BODY["id"], "CONTACT_ID")
+        script.write_text(WRK_SCRIPT.replace("BODY", body).replace("TOKEN", TOKEN))
+        config = write_config(folder)
+        bare_port, real_port = free_port(), free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port)])
+        real = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "connector",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(real_port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+        )
+        try:
+            wait_for_port(bare_port)
+            wait_for_port(real_port)
+            results: dict[str, dict[str, float]] = {}
+            for name, port in (("bare", bare_port), ("connector", real_port)):
+                url = f"http://127.0.0.1:{port}"
+                print(f"loading {name} for {args.seconds} s with {generator}...", flush=True)
+                if generator == "wrk":
+                    results[name] = run_wrk(
+                        url + "/webhooks/demo/contact-created",
+                        args.seconds,
+                        args.connections,
+                        script,
+                    )
+                else:
+                    results[name] = load_in_child(url, args.seconds, args.connections, None)
+            print(
+                f"fixed rate {args.rate:g}/s for {args.seconds} s against the connector...",
+                flush=True,
+            )
+            paced = load_in_child(
+                f"http://127.0.0.1:{real_port}", args.seconds, args.connections, args.rate
+            )
+        finally:
+            bare.terminate()
+            real.terminate()
+            bare.wait()
+            real.wait(60)
+        db = sqlite3.connect(folder / "connector.db")
+        stored = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    accepted = (
+        results["connector"]["requests"]
+        - results["connector"]["errors"]
+        + paced["requests"]
+        - paced["errors"]
+    )
+    ratio = results["connector"]["rps"] / results["bare"]["rps"]
+    figures = {
+        "benchmark": "ingest",
+        "generator": generator,
+        "machine": machine(),
+        "bare_rps": round(results["bare"]["rps"]),
+        "connector_rps": round(results["connector"]["rps"]),
+        "ratio": round(ratio, 3),
+        "connector_p50_ms": round(results["connector"]["p50"], 2),
+        "connector_p99_ms": round(results["connector"]["p99"], 2),
+        "rate": args.rate,
+        "rate_achieved": round(paced["rps"], 1),
+        "rate_p50_ms": round(paced["p50"], 2),
+        "rate_p99_ms": round(paced["p99"], 2),
+        "accepted": int(accepted),
+        "stored": stored,
+        "lost": int(accepted) - stored,
+    }
+    print()
+    print(f"bare aiohttp    {figures['bare_rps']:>8} req/s")
+    print(
+        f"connector       {figures['connector_rps']:>8} req/s   ratio {figures['ratio']:.2f}"
+        f"   (target >= 0.5)   p50 {figures['connector_p50_ms']} ms"
+        f"  p99 {figures['connector_p99_ms']} ms"
+    )
+    print(
+        f"at {args.rate:g} req/s   p50 {figures['rate_p50_ms']} ms   p99 "
+        f"{figures['rate_p99_ms']} ms   (target p99 <= 20 ms)"
+    )
+    print(f"accepted {figures['accepted']}, stored {stored}, lost {figures['lost']}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
