@@ -77,6 +77,7 @@ class CsvAdapter(Adapter):
     type = "csv"
     settings_model = CsvSettings
     max_batch_size = 10_000
+    default_linger = 0.2  # every push rewrites the file: gather bursts
 
     settings: CsvSettings
     # Retries of one rewrite within a push (disk full, file locked by a spreadsheet program).

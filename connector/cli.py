@@ -13,13 +13,14 @@ import click
 import orjson
 from pydantic import ValidationError
 
-from connector.config import Config, default_config_path, load_config
-from connector.errors import ConfigError, RecordMappingError
+from connector.config import Config, Target, default_config_path, load_config
+from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.observability import configure_logging
 from connector.payloads import CONTACT_EVENTS, PAYLOAD_MODELS
 from connector.receiver import describe
 from connector.store import open_store
 from connector.store.base import TargetStatus
+from connector.targets import TargetContext
 
 config_option = click.option(
     "--config",
@@ -39,6 +40,17 @@ def _load(config_path: Path | None) -> Config:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         sys.exit(1)
+
+
+def _target(config: Config, tenant: str, name: str) -> Target:
+    found = config.tenants.get(tenant)
+    if found is None:
+        raise click.BadParameter(f"no tenant {tenant!r} in {config.path}", param_hint="--tenant")
+    target = found.targets.get(name)
+    if target is None:
+        known = ", ".join(found.targets)
+        raise click.BadParameter(f"no target {name!r} (known: {known})", param_hint="--target")
+    return target
 
 
 def _print_json(value: Any) -> None:
@@ -112,16 +124,7 @@ def map_command(
     config_path: Path | None, tenant: str, target_name: str, event: str, payload_file: Any
 ) -> None:
     """Print the mapped record of a payload (a dry run: nothing is sent)."""
-    config = _load(config_path)
-    found = config.tenants.get(tenant)
-    if found is None:
-        raise click.BadParameter(f"no tenant {tenant!r} in {config.path}", param_hint="--tenant")
-    target = found.targets.get(target_name)
-    if target is None:
-        known = ", ".join(found.targets)
-        raise click.BadParameter(
-            f"no target {target_name!r} (known: {known})", param_hint="--target"
-        )
+    target = _target(_load(config_path), tenant, target_name)
     try:
         payload = orjson.loads(payload_file.read())
         PAYLOAD_MODELS[event].model_validate(payload)
@@ -199,3 +202,38 @@ def _age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+@main.group("hubspot")
+def hubspot_group() -> None:
+    """HubSpot helpers."""
+
+
+@hubspot_group.command("setup")
+@config_option
+@click.option("--tenant", required=True)
+@click.option("--target", "target_name", required=True)
+def hubspot_setup(config_path: Path | None, tenant: str, target_name: str) -> None:
+    """Create the property group and the unique id property in the portal (safe to repeat)."""
+    target = _target(_load(config_path), tenant, target_name)
+    if target.settings.type != "hubspot":
+        raise click.BadParameter(
+            f"{target.key} is a {target.settings.type} target", param_hint="--target"
+        )
+    try:
+        for line in asyncio.run(_hubspot_setup(target)):
+            click.echo(line)
+    except (DeliveryError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _hubspot_setup(target: Target) -> list[str]:
+    from adapters.hubspot import HubSpotAdapter
+
+    adapter = HubSpotAdapter(
+        target.settings, TargetContext(target.tenant, target.name, target.mapping)
+    )
+    try:
+        return await adapter.setup()
+    finally:
+        await adapter.close()

@@ -44,7 +44,12 @@ class TargetWorker:
         self.key = target.key
         self.batch_size = min(settings.batch_size or adapter.max_batch_size, adapter.max_batch_size)
         self.concurrency = settings.concurrency or adapter.default_concurrency
+        self.linger = settings.linger if settings.linger is not None else adapter.default_linger
         self.wake = asyncio.Event()
+        # Events announced and not claimed yet, and since when: is a batch full yet?
+        self.fresh = 0
+        self.fresh_since = 0.0
+        self._claiming = asyncio.Lock()
         self.paused_until: float | None = None  # no claims before this time
         self.paused_reason: str | None = None  # as recorded in the store, until a push succeeds
         self._stopping = False
@@ -79,20 +84,31 @@ class TargetWorker:
     async def _lane(self) -> None:
         while not self._stopping:
             try:
-                if await self._wait_while_paused():
-                    continue
-                claim = await self.store.claim(self.key, self.batch_size, LEASE)
-                if not claim.items:
-                    await self._idle()
-                    continue
-                results = await self.deliver(claim)
-                await self.store.complete(claim, results)
+                # One lane at a time watches the queue and gathers a batch; pushes overlap.
+                async with self._claiming:
+                    claim = await self._next_claim()
+                if claim is not None:
+                    results = await self.deliver(claim)
+                    await self.store.complete(claim, results)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # A store hiccup must not kill the worker: log it and try again shortly.
                 self._log.exception("worker error")
                 await self._sleep(1.0)
+
+    async def _next_claim(self) -> Claim | None:
+        if self._stopping or await self._wait_while_paused():
+            return None
+        await self._linger()
+        claim = await self.store.claim(self.key, self.batch_size, LEASE)
+        taken = len(claim.items)
+        self.fresh = 0 if taken < self.batch_size else max(0, self.fresh - taken)
+        if taken:
+            return claim
+        next_due = await self.store.next_due(self.key)
+        await self._sleep(IDLE_POLL if next_due is None else min(IDLE_POLL, next_due - time.time()))
+        return None
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless woken; True when woken (new events, or stopping)."""
@@ -103,11 +119,19 @@ class TargetWorker:
         self.wake.clear()
         return True
 
-    async def _idle(self) -> None:
-        next_due = await self.store.next_due(self.key)
-        wait = IDLE_POLL if next_due is None else min(IDLE_POLL, next_due - time.time())
-        if await self._sleep(wait) and not self._stopping:
-            await asyncio.sleep(self.target.settings.linger)  # let a burst fill the batch
+    def notify(self, events: int = 1) -> None:
+        """New events were queued for this target."""
+        if not self.fresh:
+            self.fresh_since = time.monotonic()
+        self.fresh += events
+        self.wake.set()
+
+    async def _linger(self) -> None:
+        """Let a burst fill the batch: no event waits more than ``linger`` for company."""
+        while 0 < self.fresh < self.batch_size and not self._stopping:
+            remaining = self.fresh_since + self.linger - time.monotonic()
+            if remaining <= 0 or not await self._sleep(remaining):
+                return
 
     async def _wait_while_paused(self) -> bool:
         if self.paused_until is None:

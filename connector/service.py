@@ -33,7 +33,7 @@ class Service:
     def notify(self, tenant: str) -> None:
         """New events for ``tenant``: wake its workers."""
         for worker in self._by_tenant.get(tenant, ()):
-            worker.wake.set()
+            worker.notify()
 
     async def readiness_problem(self) -> str | None:
         if not self.accepting:

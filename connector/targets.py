@@ -62,7 +62,9 @@ class TargetSettings(BaseModel):
     enabled: bool = True
     batch_size: int | None = Field(default=None, ge=1, description="default: the adapter's max")
     concurrency: int | None = Field(default=None, ge=1, le=64, description="batches in flight")
-    linger: float = Field(default=0.05, ge=0, le=10, description="wait to fill a batch (s)")
+    linger: float | None = Field(
+        default=None, ge=0, le=60, description="longest wait for a burst to fill a batch (s)"
+    )
     max_attempts: int = Field(default=25, ge=1, description="failed attempts before dead letter")
     backoff: Backoff = Backoff()
     push_timeout: float = Field(default=120.0, gt=0, description="bound on one push (s)")
@@ -123,6 +125,7 @@ class Adapter(ABC):
     settings_model: ClassVar[builtins.type[TargetSettings]] = TargetSettings
     max_batch_size: ClassVar[int] = 100
     default_concurrency: ClassVar[int] = 1
+    default_linger: ClassVar[float] = 0.05  # seconds; longer where every call is precious
 
     def __init__(self, settings: TargetSettings, context: TargetContext) -> None:
         self.settings = settings

@@ -1,0 +1,209 @@
+"""Mimeeq webhooks in, HubSpot contacts out: the whole service against the fake HubSpot."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+import adapters.hubspot
+from connector.config import load_config
+from connector.service import Service
+from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact
+from tests.fake_hubspot import FakeHubSpot
+
+HS_TOKEN = "hs-end-to-end-token"
+STATUS_WITHOUT_DEFAULT = {"from": "status", "map": {"ACTIVE": "OPEN", "INACTIVE": "UNQUALIFIED"}}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeHubSpot]:
+    hub = FakeHubSpot(token=HS_TOKEN)
+    await hub.start()
+    hub.add_property("mimeeq_contact_id", object_type="contacts", unique=True, group="mimeeq")
+    hub.add_property(
+        "mimeeq_tags", object_type="contacts", type="enumeration", field_type="checkbox",
+        options=[("tag1", "tag1")], group="mimeeq",
+    )  # fmt: skip
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
+def hubspot_config(folder: Path, fake: FakeHubSpot, **target: Any) -> Path:
+    config = {
+        "server": {"host": "127.0.0.1", "port": 0, "drain_timeout": 10},
+        "store": {"url": "sqlite:///connector.db"},
+        "tenants": {
+            "demo": {
+                "customer_id": CUSTOMER,
+                "auth": {"header": "X-Mimeeq-Token", "values": [TOKEN]},
+                "targets": {
+                    "hubspot": {
+                        "type": "hubspot",
+                        "access_token": "${TEST_HUBSPOT_TOKEN}",
+                        "base_url": fake.url,
+                        "mapping": {
+                            "extends": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
+                            "fields": {"hs_lead_status": STATUS_WITHOUT_DEFAULT},
+                        },
+                        **target,
+                    }
+                },
+            }
+        },
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def post_all(url: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as http:
+
+        async def post(event: str, body: dict[str, Any]) -> None:
+            async with http.post(
+                f"{url}/webhooks/demo/{event}", json=body, headers={"X-Mimeeq-Token": TOKEN}
+            ) as response:
+                assert response.status == 202, await response.text()
+
+        await asyncio.gather(*(post(event, body) for event, body in events))
+
+
+def queue_rows(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+
+
+async def drained(db: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not db.exists() or queue_rows(db):
+        assert time.monotonic() < deadline, "the queue did not drain"
+        await asyncio.sleep(0.1)
+
+
+def deleted_payload(n: int) -> dict[str, Any]:
+    body = contact(n)
+    return {"id": body["id"], "customerId": body["customerId"], "emails": body["emails"]}
+
+
+async def test_300_contacts_reach_hubspot_exactly_as_mapped(
+    tmp_path: Path,
+    fake: FakeHubSpot,
+    server_process: Callable[[Path], ServerProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake.conflict_mode = "409"
+    # Ten Mimeeq contacts already exist in HubSpot by e-mail, one with a value set by sales.
+    existing = {n: fake.add_contact(email=f"person{n}@example.com") for n in range(10)}
+    fake.contacts[existing[4]]["lifecyclestage"] = "customer"
+    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
+    server = server_process(hubspot_config(tmp_path, fake, linger=1.0))
+    server.start()
+
+    def body(n: int, **changes: Any) -> dict[str, Any]:
+        if n >= 295:
+            changes.setdefault("emails", [])  # a few contacts without any e-mail
+        if n == 42:
+            changes["status"] = "BLOCKED"  # not a HubSpot lead status option
+        return contact(n, **changes)
+
+    updated = [n for n in range(300) if n % 3 == 0]
+    deleted = [n for n in range(300) if n % 6 == 1]
+    await post_all(server.url, [("contact-created", body(n)) for n in range(300)])
+    await drained(tmp_path / "connector.db")
+    await post_all(server.url, [("contact-updated", body(n, lastName="Updated")) for n in updated])
+    await post_all(server.url, [("contact-deleted", deleted_payload(n)) for n in deleted])
+    await drained(tmp_path / "connector.db")
+    assert server.stop() == 0
+
+    live = {props.get("mimeeq_contact_id"): props for props in fake.contacts.values()}
+    expected = {n for n in range(300) if n not in deleted and n != 42}
+    assert set(live) == {contact(n)["id"] for n in expected}  # nothing missing, no duplicates
+    for n in expected:
+        props = live[contact(n)["id"]]
+        assert props["firstname"] == f"First{n}"
+        assert props.get("lastname") == ("Updated" if n in updated else "Doe")
+        assert props.get("email") == (None if n >= 295 else f"person{n}@example.com")
+        assert props["hs_lead_status"] == "OPEN" and props["mimeeq_tags"] == "tag1;tag2"
+    # Pre-existing contacts were adopted, not duplicated; what sales set survives.
+    for n, hs_id in existing.items():
+        assert (hs_id in fake.contacts) == (n not in deleted)
+    assert fake.contacts[existing[4]]["lifecyclestage"] == "customer"
+    assert {p.get("mimeeq_contact_id") for p in fake.archived.values()} == {
+        contact(n)["id"] for n in deleted
+    }
+
+    with sqlite3.connect(tmp_path / "connector.db") as db:
+        dead = db.execute("SELECT contact_id, error FROM dead_letters").fetchall()
+    assert [d[0] for d in dead] == [contact(42)["id"]] * len(dead)
+    assert "INVALID_OPTION" in dead[0][1] and "BLOCKED" in dead[0][1]
+
+    # Writes: a call per hundred events, plus one per e-mail conflict (409 names one at a
+    # time), plus one adoption call per batch that had conflicts.
+    events = 300 + len(updated) + len(deleted)
+    writes = [c for c in fake.writes() if "/properties/" not in c.path]
+    conflicts = sum(1 for c in writes if c.status == 409)
+    assert conflicts <= len(existing)
+    assert len(writes) <= events / 100 + conflicts + 4, [(c.path, c.inputs) for c in writes]
+
+
+async def test_backlog_stays_under_the_rate_limit(
+    tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.rate_limit, fake.interval = 10, 1.0
+    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
+    config = load_config(
+        hubspot_config(
+            tmp_path, fake, batch_size=4, linger=0, rate_limit={"requests": 10, "per_seconds": 1}
+        )
+    )
+    service = Service(config)
+    await service.start()
+    try:
+        await post_all(
+            f"http://127.0.0.1:{service.port}",
+            [("contact-created", contact(n, tags=[])) for n in range(120)],
+        )
+        await drained(tmp_path / "connector.db", timeout=30)
+    finally:
+        await service.stop()
+    assert len(fake.contacts) == 120
+    assert fake.count(429) <= 3
+    calls = [c.at for c in fake.calls]
+    busiest = max(sum(1 for t in calls if s <= t < s + 1.0) for s in calls)
+    assert busiest <= 10
+
+
+async def test_a_revoked_token_pauses_the_target_until_it_is_fixed(
+    tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapters.hubspot, "AUTH_PROBE", 0.5)
+    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
+    fake.token = "the-token-was-rotated"
+    service = Service(load_config(hubspot_config(tmp_path, fake, linger=0)))
+    await service.start()
+    try:
+        await post_all(f"http://127.0.0.1:{service.port}", [("contact-created", contact(1))])
+        for _ in range(100):
+            (status,) = await service.store.status()
+            if status.paused:
+                break
+            await asyncio.sleep(0.05)
+        assert status.paused and "401" in (status.paused_reason or "")
+        assert (status.pending, status.dead) == (1, 0)  # nothing burned into dead letters
+        fake.token = HS_TOKEN  # the operator fixes the token in HubSpot
+        await drained(tmp_path / "connector.db", timeout=10)
+        (status,) = await service.store.status()
+        assert not status.paused and status.delivered == 1
+    finally:
+        await service.stop()
+    assert len(fake.contacts) == 1

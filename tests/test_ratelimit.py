@@ -1,0 +1,54 @@
+"""The rate limiter: never above the limit in any window, and it listens to the target."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from connector.ratelimit import RateLimiter, shared_limiter
+
+
+def most_in_any_window(starts: list[float], window: float) -> int:
+    return max(sum(1 for t in starts if s <= t < s + window) for s in starts)
+
+
+async def test_never_more_than_the_limit_in_any_window() -> None:
+    limiter = RateLimiter(5, 0.2, margin=0)
+    starts: list[float] = []
+
+    async def caller() -> None:
+        for _ in range(4):
+            await limiter.acquire()
+            starts.append(time.monotonic())
+
+    await asyncio.gather(*(caller() for _ in range(5)))
+    assert len(starts) == 20
+    assert most_in_any_window(starts, 0.2) <= 5
+    # ...and it does not dawdle: 20 calls at 5 per 0.2 s take about 0.6 s.
+    assert starts[-1] - starts[0] < 0.9
+
+
+async def test_hold_stops_everyone_for_a_while() -> None:
+    limiter = RateLimiter(100, 1)
+    limiter.hold(0.2)
+    start = time.monotonic()
+    await limiter.acquire()
+    assert time.monotonic() - start >= 0.19
+
+
+async def test_a_budget_running_low_slows_down() -> None:
+    limiter = RateLimiter(100, 10)
+    limiter.observe(remaining=50, limit=100, interval=1.0)
+    start = time.monotonic()
+    await limiter.acquire()
+    assert time.monotonic() - start < 0.05  # plenty left: no wait
+    limiter.observe(remaining=0, limit=100, interval=1.0)  # someone else used it up
+    start = time.monotonic()
+    await limiter.acquire()
+    assert time.monotonic() - start >= 0.04  # 5 in reserve at 10 ms each
+
+
+async def test_targets_of_one_account_share_a_limiter() -> None:
+    a = shared_limiter("https://api.hubapi.com/", "token-1", 100, 10)
+    assert shared_limiter("https://api.hubapi.com", "token-1", 100, 10) is a
+    assert shared_limiter("https://api.hubapi.com", "token-2", 100, 10) is not a
