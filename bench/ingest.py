@@ -27,8 +27,8 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, free_port, machine, wait_for_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, free_port, machine, wait_for_port
 
 TOKEN = "bench-token-0123456789"
 CUSTOMER = "CUST-e3115ba6-0cce-4ba5-9803-aadf90ba2a96"
@@ -175,7 +175,7 @@ def load_in_child(
 ) -> dict[str, float]:
     """Run the aiohttp generator in its own process, so it does not share the server's core."""
     code = (
-        "import asyncio, json, sys; sys.path.insert(0, sys.argv[1]); import ingest; "
+        "import asyncio, json, sys; sys.path.insert(0, sys.argv[1]); from bench import ingest; "
         "print(json.dumps(asyncio.run(ingest.client_load(sys.argv[2], float(sys.argv[3]), "
         "int(sys.argv[4]), float(sys.argv[5]) or None))))"
     )

@@ -12,8 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from click.testing import CliRunner
 
 import adapters.hubspot
+from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
 from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact
@@ -207,3 +209,22 @@ async def test_a_revoked_token_pauses_the_target_until_it_is_fixed(
     finally:
         await service.stop()
     assert len(fake.contacts) == 1
+
+
+async def test_hubspot_setup_command(
+    tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    del fake.properties["contacts"]["mimeeq_contact_id"]
+    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
+    config = hubspot_config(tmp_path, fake)
+    args = ["hubspot", "setup", "--config", str(config), "--tenant", "demo", "--target", "hubspot"]
+    first = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert first.exit_code == 0, first.output
+    assert "created contacts property 'mimeeq_contact_id'" in first.stdout
+    assert fake.properties["contacts"]["mimeeq_contact_id"]["hasUniqueValue"] is True
+    again = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert again.exit_code == 0 and "already exists" in again.stdout
+    assert HS_TOKEN not in first.output + again.output
+    fake.token = "revoked"
+    refused = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert refused.exit_code == 1 and "refused the token" in refused.stderr
