@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from connector.backfill import ImportSettings
 from connector.errors import ConfigError
 from connector.mapping import Mapping, StrictYamlLoader, load_mapping
 from connector.targets import Adapter, TargetSettings, adapter_class
@@ -45,6 +46,8 @@ class ServerSettings(BaseModel):
 class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = "sqlite:///data/connector.db"
+    retention_days: float = Field(default=7.0, gt=0, description="events kept after delivery")
+    dedupe_hours: float = Field(default=24.0, ge=0, description="redeliveries recognised within")
 
     @field_validator("url")
     @classmethod
@@ -71,10 +74,11 @@ class AuthSettings(BaseModel):
 
 
 class TenantSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     customer_id: str = Field(pattern=r"^CUST-[A-Za-z0-9-]+$")
     auth: AuthSettings
     targets: dict[str, dict[str, Any]] = Field(min_length=1)
+    import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
 
 
 class RootSettings(BaseModel):
@@ -104,6 +108,7 @@ class Tenant:
     auth_header: str
     tokens: tuple[bytes, ...]
     targets: dict[str, Target] = field(default_factory=dict)
+    import_settings: ImportSettings = field(default_factory=ImportSettings)
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,7 @@ def load_config(path: Path | str) -> Config:
             auth_header=tenant.auth.header,
             tokens=tuple(v.get_secret_value().encode() for v in tenant.auth.values),
             targets=targets.get(slug, {}),
+            import_settings=tenant.import_,
         )
         for slug, tenant in root.tenants.items()
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ log = get_logger("connector.delivery")
 LEASE = 600.0  # seconds a claim is held; far longer than any push may take
 IDLE_POLL = 5.0  # longest sleep with nothing due; new events wake the worker at once
 PROBE_INTERVAL = 60.0  # how often a paused target is tried again when it gave no time
+STATE_POLL = 2.0  # how often the store is asked whether an operator paused or resumed the target
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
@@ -52,6 +54,9 @@ class TargetWorker:
         self._claiming = asyncio.Lock()
         self.paused_until: float | None = None  # no claims before this time
         self.paused_reason: str | None = None  # as recorded in the store, until a push succeeds
+        self.paused_by: str | None = None  # "target" (probed now and then) or "operator"
+        self._synced = float("-inf")
+        self._inflight: dict[int, Claim] = {}  # claims being pushed, by token
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
         self._log = log.bind(tenant=target.tenant, target=target.name)
@@ -78,6 +83,8 @@ class TargetWorker:
         for lane in self._lanes:
             with contextlib.suppress(asyncio.CancelledError):
                 await lane
+        for claim in self._inflight.values():  # hand them back: the next run pushes them again
+            await self.store.complete(claim, [Result(i.contact_id, "release") for i in claim.items])
         if late:
             self._log.warning("stopped with pushes unfinished", unfinished=len(late))
 
@@ -88,8 +95,10 @@ class TargetWorker:
                 async with self._claiming:
                     claim = await self._next_claim()
                 if claim is not None:
+                    self._inflight[claim.token] = claim
                     results = await self.deliver(claim)
                     await self.store.complete(claim, results)
+                    del self._inflight[claim.token]
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -98,6 +107,7 @@ class TargetWorker:
                 await self._sleep(1.0)
 
     async def _next_claim(self) -> Claim | None:
+        await self._sync_pause()
         if self._stopping or await self._wait_while_paused():
             return None
         await self._linger()
@@ -133,14 +143,32 @@ class TargetWorker:
             if remaining <= 0 or not await self._sleep(remaining):
                 return
 
+    async def _sync_pause(self) -> None:
+        """Follow the store: an operator may pause or resume the target from the command line."""
+        if time.monotonic() - self._synced < STATE_POLL:
+            return
+        self._synced = time.monotonic()
+        state = await self.store.target_state(self.key)
+        if state.paused_reason is None:
+            if self.paused_reason is not None:
+                self._log.info("target resumed by an operator")
+            self.paused_reason = self.paused_until = self.paused_by = None
+        elif state.paused_by == "operator" or self.paused_reason is None:
+            # An operator's pause holds until resumed; the target's own (left by an earlier
+            # run) is probed at once.
+            self.paused_reason, self.paused_by = state.paused_reason, state.paused_by
+
     async def _wait_while_paused(self) -> bool:
+        if self.paused_by == "operator":
+            await self._sleep(STATE_POLL)
+            return True
         if self.paused_until is None:
             return False
         remaining = self.paused_until - time.time()
         if remaining <= 0:
             self.paused_until = None  # probe: the next push tells whether it is fixed
             return False
-        await self._sleep(min(remaining, IDLE_POLL))
+        await self._sleep(min(remaining, STATE_POLL))
         return True
 
     async def deliver(self, claim: Claim) -> list[Result]:
@@ -178,7 +206,7 @@ class TargetWorker:
                 failure = Retry(f"adapter error: {type(exc).__name__}: {exc}")
                 outcomes.update(dict.fromkeys(pushed, failure))
 
-        if self.paused_reason and any(isinstance(o, Delivered) for o in outcomes.values()):
+        if self.paused_by == "target" and any(isinstance(o, Delivered) for o in outcomes.values()):
             await self.resume()
         return self._results(claim.items, [outcomes[i] for i in range(len(claim.items))])
 
@@ -223,7 +251,7 @@ class TargetWorker:
                     due_at=now + delay,
                     count_attempt=outcome.count_attempt,
                 )
-            results.append(result)
+            results.append(dataclasses.replace(result, mapping=self.target.mapping.source))
             counts[result.kind] += 1
             if result.kind == "dead":
                 self._log.warning(
@@ -235,21 +263,16 @@ class TargetWorker:
         self._log.info("batch pushed", **counts)
         return results
 
-    def restore_pause(self, reason: str | None, until: float | None) -> None:
-        """Carry a pause recorded by an earlier run over; it is probed again at once."""
-        self.paused_reason = reason
-        self.paused_until = until if reason else None
-
     async def _pause(self, claim: Claim, reason: str, until: float | None) -> list[Result]:
         self.paused_until = until if until is not None else time.time() + PROBE_INTERVAL
-        self.paused_reason = reason
-        await self.store.set_paused(self.key, reason, until)
+        self.paused_reason, self.paused_by = reason, "target"
+        await self.store.set_paused(self.key, reason, self.paused_until)
         self._log.error("target paused", reason=reason, until=until)
         return [
             Result(item.contact_id, "release", due_at=self.paused_until) for item in claim.items
         ]
 
     async def resume(self) -> None:
-        self.paused_reason = self.paused_until = None
+        self.paused_reason = self.paused_until = self.paused_by = None
         await self.store.set_paused(self.key, None, None)
         self._log.info("target resumed")

@@ -18,6 +18,8 @@ from connector.targets import Adapter, TargetContext
 
 log = get_logger("connector.service")
 
+PRUNE_EVERY = 3600.0  # seconds between two retention passes
+
 
 class Service:
     def __init__(self, config: Config, store: Store | None = None) -> None:
@@ -28,6 +30,7 @@ class Service:
         self.accepting = False
         self._by_tenant: dict[str, list[TargetWorker]] = {}
         self._runner: web.AppRunner | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     def notify(self, tenant: str) -> None:
@@ -52,7 +55,6 @@ class Service:
         released = await self.store.recover()
         if released:
             log.info("released claims left by an earlier run", claims=released)
-        paused = {s.target: s for s in await self.store.status() if s.paused}
         for target in self.config.targets:
             if not target.settings.enabled:
                 continue
@@ -62,8 +64,6 @@ class Service:
             await adapter.open()
             self.adapters.append(adapter)
             worker = TargetWorker(target, adapter, self.store)
-            if target.key in paused:
-                worker.restore_pause(paused[target.key].paused_reason, None)
             self.workers[target.key] = worker
             self._by_tenant.setdefault(target.tenant, []).append(worker)
             worker.start()
@@ -84,6 +84,7 @@ class Service:
         )
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self._pruner = asyncio.create_task(self._prune_forever(), name="retention")
         self.accepting = True
         log.info(
             "connector ready",
@@ -97,6 +98,8 @@ class Service:
         started = time.monotonic()
         grace = self.config.server.drain_timeout
         self.accepting = False
+        if self._pruner is not None:
+            self._pruner.cancel()
         await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
         if self._runner is not None:
             await self._runner.cleanup()  # waits for requests being handled
@@ -107,6 +110,19 @@ class Service:
                 log.exception("adapter close failed", target=adapter.context.key)
         await self.store.close()
         log.info("connector stopped", seconds=round(time.monotonic() - started, 2))
+
+    async def _prune_forever(self) -> None:
+        """Delete what retention no longer asks to keep, now and then (trace reads the rest)."""
+        retention = self.config.store.retention_days * 86_400
+        while True:
+            await asyncio.sleep(PRUNE_EVERY)
+            try:
+                pruned = await self.store.prune(retention)
+            except Exception:
+                log.exception("retention pass failed")
+            else:
+                if any(pruned.values()):
+                    log.info("retention pass", **pruned)
 
     async def run(self, host: str | None = None, port: int | None = None) -> None:
         """Run until SIGTERM or SIGINT, then drain."""

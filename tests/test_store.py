@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -26,8 +27,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         await s.close()
 
 
-def event(contact: str, op: str = "upsert", body: bytes = b"{}", *targets: str) -> NewEvent:
+_bodies = itertools.count()
+
+
+def event(contact: str, op: str = "upsert", body: bytes | None = None, *targets: str) -> NewEvent:
     kind = {"upsert": "contact-updated", "delete": "contact-deleted"}[op]
+    body = body if body is not None else b'{"n": %d}' % next(_bodies)  # distinct: not redeliveries
     return NewEvent("demo", kind, contact, op, body, targets or (T,))
 
 
@@ -178,7 +183,7 @@ async def test_recover_releases_claims_of_a_crashed_process(store: Store) -> Non
 
 
 async def test_each_target_has_its_own_queue(store: Store) -> None:
-    await store.append(event("c1", "upsert", b"{}", "demo/a", "demo/b"))
+    await store.append(event("c1", "upsert", None, "demo/a", "demo/b"))
     a = await store.claim("demo/a", 10, 60)
     await store.complete(a, [Result("c1", "dead", error="no")])
     assert [i.contact_id for i in (await store.claim("demo/b", 10, 60)).items] == ["c1"]

@@ -12,5 +12,9 @@ def open_store(config: Config, *, exclusive: bool = False) -> Store:
     """The store named by ``store.url`` (not opened yet). ``exclusive``: only this process."""
     url = config.store.url
     if url.startswith("sqlite:"):
-        return SQLiteStore(sqlite_path(url, config.base_dir), exclusive=exclusive)
+        return SQLiteStore(
+            sqlite_path(url, config.base_dir),
+            exclusive=exclusive,
+            dedupe_window=config.store.dedupe_hours * 3600,
+        )
     raise ConfigError(f"{config.path}: store.url: unsupported store {url.split(':', 1)[0]!r}")

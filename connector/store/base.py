@@ -14,6 +14,7 @@ The model, shared by every implementation:
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 import uuid
@@ -45,10 +46,19 @@ class NewEvent:
     targets: tuple[str, ...]  # keys ("tenant/target") of the targets it goes to
 
 
+def event_digest(event: NewEvent) -> int:
+    """64 bits identifying an event's content, to recognise a redelivery of it."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in (event.tenant.encode(), event.event_type.encode(), event.payload):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return int.from_bytes(h.digest(), "big", signed=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     event_id: str
-    status: Literal["queued", "dropped"]
+    status: Literal["queued", "dropped", "duplicate"]
     reason: str | None = None
 
 
@@ -83,6 +93,7 @@ class Result:
     count_attempt: bool = True
     remote_id: str | None = None
     note: str | None = None
+    mapping: str | None = None  # the mapping that produced the pushed record
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +112,73 @@ class TargetStatus:
         return self.paused_reason is not None
 
 
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    paused_reason: str | None
+    paused_until: float | None
+    paused_by: Literal["target", "operator"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    target: str
+    contact_id: str
+    op: Operation
+    seq: int
+    event_id: str | None  # None once the event itself has been pruned
+    event_type: str | None
+    received_at: float | None
+    events: int  # events folded into the failed push
+    attempts: int
+    first_error: str | None
+    error: str  # the target's own message
+    first_failed_at: float | None
+    failed_at: float
+    replayed_at: float | None
+    payload: bytes | None = None  # only from ``dead_letter(id)``
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    dead_letter: int
+    target: str
+    contact_id: str
+    action: Literal["queued", "already queued", "unknown target", "not found"]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    seq: int
+    event_id: str
+    tenant: str
+    event_type: str
+    op: Operation
+    received_at: float
+    dropped: str | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TraceAttempt:
+    target: str
+    seq: int
+    at: float
+    outcome: str
+    detail: str | None
+    remote_id: str | None
+    mapping: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    events: list[TraceEvent]
+    attempts: list[TraceAttempt]
+    dead_letters: list[DeadLetter]
+    pending: dict[str, tuple[Operation, int, float, str | None]]  # target: op, tries, due, error
+    remote_ids: dict[str, str]  # target -> the target's id for the contact
+
+
 class Store(ABC):
     """A durable queue. Every method is safe to call concurrently from the event loop."""
 
@@ -112,7 +190,15 @@ class Store(ABC):
 
     @abstractmethod
     async def append(self, event: NewEvent) -> Accepted:
-        """Store an event and queue it for its targets; durable when this returns."""
+        """Store an event and queue it for its targets; durable when this returns.
+
+        An identical event (same tenant, event type and body) stored within the dedupe window is
+        not stored again: the answer is ``duplicate`` with the first one's id.
+        """
+
+    @abstractmethod
+    async def append_many(self, events: Sequence[NewEvent]) -> list[Accepted]:
+        """``append`` for a batch (imports), in one transaction."""
 
     @abstractmethod
     async def claim(self, target: str, limit: int, lease: float) -> Claim:
@@ -131,11 +217,61 @@ class Store(ABC):
         """Release leases a crashed process left behind; return how many."""
 
     @abstractmethod
-    async def set_paused(self, target: str, reason: str | None, until: float | None) -> None:
+    async def set_paused(
+        self,
+        target: str,
+        reason: str | None,
+        until: float | None,
+        by: Literal["target", "operator"] = "target",
+    ) -> None:
         """Pause ``target`` (reason given) or resume it (reason None)."""
 
     @abstractmethod
+    async def target_state(self, target: str) -> TargetState: ...
+
+    @abstractmethod
     async def status(self) -> list[TargetStatus]: ...
+
+    @abstractmethod
+    async def dead_letters(
+        self, targets: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[DeadLetter]:
+        """Dead letters not replayed yet, oldest first (of ``targets`` when given)."""
+
+    @abstractmethod
+    async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        """One dead letter (replayed or not), with the failed event's payload."""
+
+    @abstractmethod
+    async def replay(
+        self, ids: Sequence[int] | None, targets: Sequence[str], *, all_of: bool = False
+    ) -> list[Replayed]:
+        """Queue the contacts of dead letters again, each with its LATEST known state.
+
+        ``ids`` picks dead letters; ``all_of`` takes every one not replayed yet. Only the given
+        ``targets`` (the configured ones) are replayed. Duplicate suppression does not apply.
+        """
+
+    @abstractmethod
+    async def purge(
+        self,
+        ids: Sequence[int] | None,
+        targets: Sequence[str] | None,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete dead letters (by id, or all of ``targets``, optionally older than a time)."""
+
+    @abstractmethod
+    async def queued(self, target: str, contact_ids: Sequence[str]) -> set[str]:
+        """Which of these contacts have undelivered events for ``target``."""
+
+    @abstractmethod
+    async def trace(self, contact_id: str) -> Trace:
+        """Everything the store knows about one contact."""
+
+    @abstractmethod
+    async def prune(self, retention: float) -> dict[str, int]:
+        """Delete events and attempts older than ``retention`` seconds that nothing needs."""
 
     @abstractmethod
     async def ping(self) -> None:

@@ -19,17 +19,24 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from connector.errors import ConfigError
 from connector.store.base import (
     Accepted,
     Claim,
     ClaimedItem,
+    DeadLetter,
     NewEvent,
+    Replayed,
     Result,
     Store,
+    TargetState,
     TargetStatus,
+    Trace,
+    TraceAttempt,
+    TraceEvent,
+    event_digest,
     new_event_id,
 )
 
@@ -49,8 +56,10 @@ MIGRATIONS: list[str] = [
         op          TEXT NOT NULL,
         payload     BLOB NOT NULL,
         received_at REAL NOT NULL,
-        dropped     TEXT
+        dropped     TEXT,
+        digest      INTEGER NOT NULL
     );
+    CREATE INDEX events_by_digest ON events (digest);
 
     -- Rows live in insertion order (id), so the oldest rows claimed together share pages.
     CREATE TABLE queue (
@@ -73,6 +82,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX queue_by_contact ON queue (target, contact_id);
     CREATE INDEX queue_by_due ON queue (target, due_at);
+    CREATE INDEX queue_by_seq ON queue (last_seq);
 
     CREATE TABLE links (
         target     TEXT NOT NULL,
@@ -94,9 +104,11 @@ MIGRATIONS: list[str] = [
         first_error     TEXT,
         error           TEXT NOT NULL,
         first_failed_at REAL,
-        failed_at       REAL NOT NULL
+        failed_at       REAL NOT NULL,
+        replayed_at     REAL
     );
     CREATE INDEX dead_letters_by_target ON dead_letters (target, id);
+    CREATE INDEX dead_letters_by_seq ON dead_letters (seq);
 
     CREATE TABLE tombstones (
         tenant     TEXT NOT NULL,
@@ -111,7 +123,8 @@ MIGRATIONS: list[str] = [
         delivered     INTEGER NOT NULL DEFAULT 0,
         paused_reason TEXT,
         paused_until  REAL,
-        paused_at     REAL
+        paused_at     REAL,
+        paused_by     TEXT
     );
 
     CREATE TABLE attempts (
@@ -122,7 +135,8 @@ MIGRATIONS: list[str] = [
         at         REAL NOT NULL,
         outcome    TEXT NOT NULL,
         detail     TEXT,
-        remote_id  TEXT
+        remote_id  TEXT,
+        mapping    TEXT
     );
     """,
 ]
@@ -136,8 +150,11 @@ DROPPED_AFTER_DELETE = "contact was deleted earlier; a late create or update can
 
 Q_INSERT_EVENT = """
     INSERT INTO events (seq, event_id, tenant, contact_id, event_type, op, payload, received_at,
-                        dropped)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+                        dropped, digest)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+Q_BY_DIGEST = """
+    SELECT digest, tenant, event_type, payload, event_id, received_at FROM events
+    WHERE digest IN"""
 Q_INSERT_TOMBSTONE = """
     INSERT OR IGNORE INTO tombstones (tenant, contact_id, seq, deleted_at) VALUES (?, ?, ?, ?)"""
 # A new event folds into the contact's row: its state becomes the one to push. ``due_at`` is
@@ -184,8 +201,8 @@ Q_DEAD = """
                               first_failed_at, failed_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 Q_ATTEMPT = """
-    INSERT INTO attempts (target, contact_id, seq, at, outcome, detail, remote_id)
-    VALUES (?, ?, ?, ?, ?, ?, ?)"""
+    INSERT INTO attempts (target, contact_id, seq, at, outcome, detail, remote_id, mapping)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 Q_COUNT_DELIVERED = """
     INSERT INTO targets (target, delivered) VALUES (?, ?)
     ON CONFLICT (target) DO UPDATE SET delivered = delivered + excluded.delivered"""
@@ -194,12 +211,16 @@ Q_RECOVER = f"""
     UPDATE queue SET {UNCLAIM}, due_at = ?
     WHERE claim IS NOT NULL"""
 Q_SET_PAUSED = """
-    INSERT INTO targets (target, paused_reason, paused_until, paused_at) VALUES (?, ?, ?, ?)
+    INSERT INTO targets (target, paused_reason, paused_until, paused_at, paused_by)
+    VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (target) DO UPDATE SET paused_reason = excluded.paused_reason,
-        paused_until = excluded.paused_until, paused_at = excluded.paused_at"""
+        paused_until = excluded.paused_until, paused_at = excluded.paused_at,
+        paused_by = excluded.paused_by"""
+Q_TARGET_STATE = "SELECT paused_reason, paused_until, paused_by FROM targets WHERE target = ?"
 Q_STATUS_QUEUE = """
     SELECT target, COUNT(*), SUM(events), MIN(head_at) FROM queue GROUP BY target"""
-Q_STATUS_DEAD = "SELECT target, COUNT(*) FROM dead_letters GROUP BY target"
+Q_STATUS_DEAD = """
+    SELECT target, COUNT(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY target"""
 Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until FROM targets"
 
 
@@ -217,9 +238,14 @@ class SQLiteStore(Store):
 
     max_group = 1000  # operations per transaction at most
 
-    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+    prune_slice = 2000  # rows deleted per transaction by prune()
+
+    def __init__(
+        self, path: Path, *, exclusive: bool = False, dedupe_window: float = 86_400.0
+    ) -> None:
         self.path = path
         self.exclusive = exclusive
+        self.dedupe_window = dedupe_window
         self._ops: queue.SimpleQueue[Operation | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -337,6 +363,7 @@ class SQLiteStore(Store):
         return settled
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on the writer thread, in the next group transaction."""
         if self._thread is None or self._loop is None:
             raise RuntimeError("store is not open")
         fut: asyncio.Future[T] = self._loop.create_future()
@@ -346,7 +373,12 @@ class SQLiteStore(Store):
     # --- operations ------------------------------------------------------------------------------
 
     async def append(self, event: NewEvent) -> Accepted:
-        return await self._call(_append, event, new_event_id(), time.time())
+        return await self._call(_append, event, new_event_id(), time.time(), self.dedupe_window)
+
+    async def append_many(self, events: Sequence[NewEvent]) -> list[Accepted]:
+        now, window = time.time(), self.dedupe_window
+        batch = [(event, new_event_id(), now, window) for event in events]
+        return await self._call(_append_many, batch)
 
     async def claim(self, target: str, limit: int, lease: float) -> Claim:
         token = secrets.randbits(62)
@@ -362,9 +394,58 @@ class SQLiteStore(Store):
     async def recover(self) -> int:
         return await self._call(_rowcount, Q_RECOVER, (time.time(),))
 
-    async def set_paused(self, target: str, reason: str | None, until: float | None) -> None:
-        at = time.time() if reason else None
-        await self._call(_rowcount, Q_SET_PAUSED, (target, reason, until, at))
+    async def set_paused(
+        self,
+        target: str,
+        reason: str | None,
+        until: float | None,
+        by: Literal["target", "operator"] = "target",
+    ) -> None:
+        at, who = (time.time(), by) if reason else (None, None)
+        await self._call(_rowcount, Q_SET_PAUSED, (target, reason, until, at, who))
+
+    async def target_state(self, target: str) -> TargetState:
+        row = await self._call(_row, Q_TARGET_STATE, (target,))
+        return TargetState(*row) if row else TargetState(None, None, None)
+
+    async def dead_letters(
+        self, targets: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[DeadLetter]:
+        return await self._call(_dead_letters, None, targets, limit)
+
+    async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        found = await self._call(_dead_letters, dead_letter_id, None, 1)
+        return found[0] if found else None
+
+    async def replay(
+        self, ids: Sequence[int] | None, targets: Sequence[str], *, all_of: bool = False
+    ) -> list[Replayed]:
+        return await self._call(_replay, ids, targets, all_of, time.time())
+
+    async def purge(
+        self,
+        ids: Sequence[int] | None,
+        targets: Sequence[str] | None,
+        older_than: float | None = None,
+    ) -> int:
+        return await self._call(_purge, ids, targets, older_than)
+
+    async def queued(self, target: str, contact_ids: Sequence[str]) -> set[str]:
+        return await self._call(_queued, target, list(contact_ids))
+
+    async def trace(self, contact_id: str) -> Trace:
+        return await self._call(_trace, contact_id)
+
+    async def prune(self, retention: float) -> dict[str, int]:
+        cutoff = time.time() - retention
+        pruned = {"events": 0, "attempts": 0}
+        # In slices, so webhooks arriving meanwhile never wait long for the writer.
+        while True:
+            events, attempts = await self._call(_prune_slice, cutoff, self.prune_slice)
+            pruned["events"] += events
+            pruned["attempts"] += attempts
+            if events < self.prune_slice and attempts < self.prune_slice:
+                return pruned
 
     async def status(self) -> list[TargetStatus]:
         return await self._call(_status)
@@ -388,41 +469,46 @@ def _scalar(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Any:
     return row[0] if row else None
 
 
+def _row(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
+    return row
+
+
 def _rowcount(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
     return conn.execute(sql, params).rowcount
 
 
-def _append(conn: sqlite3.Connection, ev: NewEvent, event_id: str, now: float) -> Accepted:
-    return _append_many(conn, [(ev, event_id, now)])[0]
+def _append(
+    conn: sqlite3.Connection, ev: NewEvent, event_id: str, now: float, window: float
+) -> Accepted:
+    return _append_many(conn, [(ev, event_id, now, window)])[0]
 
 
 def _append_many(
-    conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, str, float]]
+    conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, str, float, float]]
 ) -> list[Accepted]:
     """Store a group of events with a handful of statements, whatever the group's size."""
-    deleted = _tombstoned(conn, [ev for ev, _, _ in batch if ev.op == "upsert"])
+    digests = [event_digest(ev) for ev, _, _, _ in batch]
+    seen = _recent(conn, digests, min(now - window for _, _, now, window in batch))
+    deleted = _tombstoned(conn, [ev for ev, _, _, _ in batch if ev.op == "upsert"])
     seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
     events: list[tuple[Any, ...]] = []
     tombstones: list[tuple[Any, ...]] = []
     queued: list[tuple[Any, ...]] = []
     answers: list[Accepted] = []
-    for ev, event_id, now in batch:
+    for (ev, event_id, now, window), digest in zip(batch, digests, strict=True):
+        original = seen.get((digest, ev.tenant, ev.event_type, ev.payload))
+        if original and original[1] >= now - window:  # a redelivery: acknowledge, keep one
+            answers.append(Accepted(original[0], "duplicate", "already received"))
+            continue
         seq += 1
+        seen[(digest, ev.tenant, ev.event_type, ev.payload)] = (event_id, now)
         key = (ev.tenant, ev.contact_id)
         dropped = DROPPED_AFTER_DELETE if ev.op == "upsert" and key in deleted else None
         events.append(
-            (
-                seq,
-                event_id,
-                ev.tenant,
-                ev.contact_id,
-                ev.event_type,
-                ev.op,
-                ev.payload,
-                now,
-                dropped,
-            )
-        )
+            (seq, event_id, ev.tenant, ev.contact_id, ev.event_type, ev.op, ev.payload, now,
+             dropped, digest)
+        )  # fmt: skip
         if dropped:
             answers.append(Accepted(event_id, "dropped", dropped))
             continue
@@ -437,6 +523,20 @@ def _append_many(
     return answers
 
 
+def _recent(
+    conn: sqlite3.Connection, digests: list[int], since: float
+) -> dict[tuple[int, str, str, bytes], tuple[str, float]]:
+    """Events stored since ``since`` with these digests (content compared in full by the caller)."""
+    found: dict[tuple[int, str, str, bytes], tuple[str, float]] = {}
+    for chunk in _chunks(list(set(digests))):
+        marks = ",".join("?" * len(chunk))
+        for digest, tenant, event_type, payload, event_id, at in conn.execute(
+            f"{Q_BY_DIGEST} ({marks}) AND received_at >= ?", [*chunk, since]
+        ):
+            found.setdefault((digest, tenant, event_type, payload), (event_id, at))
+    return found
+
+
 def _tombstoned(conn: sqlite3.Connection, events: list[NewEvent]) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     for tenant in {ev.tenant for ev in events}:
@@ -448,7 +548,7 @@ def _tombstoned(conn: sqlite3.Connection, events: list[NewEvent]) -> set[tuple[s
     return found
 
 
-def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+def _chunks(items: list[T], size: int = 500) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -547,7 +647,9 @@ def _complete(
         else:
             release.append((res.due_at or now, *key, claim.token))
             continue
-        attempts.append((*key, claim_seq, now, res.kind, res.error or res.note, res.remote_id))
+        attempts.append(
+            (*key, claim_seq, now, res.kind, res.error or res.note, res.remote_id, res.mapping)
+        )
     for sql, rows in (
         (Q_DROP_ROW, drop), (Q_KEEP_NEWER, keep_newer), (Q_LINK, link), (Q_UNLINK, unlink),
         (Q_DEAD, dead), (Q_RETRY, retry), (Q_RELEASE, release), (Q_ATTEMPT, attempts),
@@ -579,6 +681,174 @@ def _status(conn: sqlite3.Connection) -> list[TargetStatus]:
             )
         )
     return out
+
+
+# --- operators' tools: dead letters, replay, trace, retention ---------------------------------
+
+Q_DEAD_LETTERS = """
+    SELECT d.id, d.target, d.contact_id, d.op, d.seq, e.event_id, e.event_type, e.received_at,
+        d.events, d.attempts, d.first_error, d.error, d.first_failed_at, d.failed_at,
+        d.replayed_at, {payload}
+    FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq"""
+Q_LATEST_STATE = """
+    SELECT contact_id, MAX(seq) FROM events
+    WHERE tenant = ? AND dropped IS NULL AND contact_id IN ({marks}) GROUP BY contact_id"""
+Q_REQUEUE = """
+    INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at)
+    SELECT ?, ?, op, seq, ?, 1, ? FROM events WHERE seq = ?
+    ON CONFLICT (target, contact_id) DO NOTHING"""
+Q_PRUNE_EVENTS = """
+    DELETE FROM events WHERE seq IN (
+        SELECT e.seq FROM events e WHERE e.received_at < ?
+        AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.last_seq = e.seq)
+        AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = e.seq AND d.replayed_at IS NULL)
+        ORDER BY e.seq LIMIT ?)"""
+Q_PRUNE_ATTEMPTS = """
+    DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? ORDER BY id LIMIT ?)"""
+
+
+def _dead_letters(
+    conn: sqlite3.Connection, one: int | None, targets: Sequence[str] | None, limit: int
+) -> list[DeadLetter]:
+    if one is not None:
+        sql = Q_DEAD_LETTERS.format(payload="e.payload")
+        rows = conn.execute(f"{sql} WHERE d.id = ?", (one,)).fetchall()
+    else:
+        where = "d.replayed_at IS NULL"
+        params: list[Any] = []
+        if targets is not None:
+            where += f" AND d.target IN ({','.join('?' * len(targets))})"
+            params += targets
+        sql = Q_DEAD_LETTERS.format(payload="NULL")
+        rows = conn.execute(
+            f"{sql} WHERE {where} ORDER BY d.id LIMIT ?", [*params, limit]
+        ).fetchall()
+    return [DeadLetter(*row) for row in rows]
+
+
+def _replay(
+    conn: sqlite3.Connection,
+    ids: Sequence[int] | None,
+    targets: Sequence[str],
+    all_of: bool,
+    now: float,
+) -> list[Replayed]:
+    if all_of:
+        marks = ",".join("?" * len(targets))
+        rows = conn.execute(
+            "SELECT id, target, contact_id FROM dead_letters"
+            f" WHERE replayed_at IS NULL AND target IN ({marks}) ORDER BY id",
+            list(targets),
+        ).fetchall()
+    else:
+        wanted = list(ids or [])
+        rows = []
+        for chunk in _chunks(wanted):
+            rows += conn.execute(
+                "SELECT id, target, contact_id FROM dead_letters"
+                f" WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        missing = set(wanted) - {row[0] for row in rows}
+    # The latest state of each contact: newer events may have arrived since it went dead.
+    latest: dict[tuple[str, str], int] = {}
+    by_tenant: dict[str, set[str]] = {}
+    for _, target, contact_id in rows:
+        by_tenant.setdefault(target.split("/", 1)[0], set()).add(contact_id)
+    for tenant, contacts in by_tenant.items():
+        for some in _chunks(sorted(contacts)):
+            sql = Q_LATEST_STATE.format(marks=",".join("?" * len(some)))
+            for contact_id, seq in conn.execute(sql, [tenant, *some]):
+                latest[(tenant, contact_id)] = seq
+    report = []
+    for dead_id, target, contact_id in rows:
+        seq = latest.get((target.split("/", 1)[0], contact_id))
+        if target not in targets:
+            action = "unknown target"
+        elif seq is None:
+            action = "not found"  # its events were pruned: nothing to send
+        else:
+            inserted = conn.execute(Q_REQUEUE, (target, contact_id, now, now, seq)).rowcount
+            action = "queued" if inserted else "already queued"
+            conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (now, dead_id))
+        report.append(Replayed(dead_id, target, contact_id, action))  # type: ignore[arg-type]
+    if not all_of:
+        report += [Replayed(i, "", "", "not found") for i in sorted(missing)]
+    return report
+
+
+def _purge(
+    conn: sqlite3.Connection,
+    ids: Sequence[int] | None,
+    targets: Sequence[str] | None,
+    older_than: float | None,
+) -> int:
+    where: list[str] = ["1 = 1"]
+    params: list[Any] = []
+    if ids is not None:
+        where.append(f"id IN ({','.join('?' * len(ids))})")
+        params += list(ids)
+    if targets is not None:
+        where.append(f"target IN ({','.join('?' * len(targets))})")
+        params += list(targets)
+    if older_than is not None:
+        where.append("failed_at < ?")
+        params.append(older_than)
+    return conn.execute(f"DELETE FROM dead_letters WHERE {' AND '.join(where)}", params).rowcount
+
+
+def _queued(conn: sqlite3.Connection, target: str, contact_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(contact_ids):
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT contact_id FROM queue WHERE target = ? AND contact_id IN ({marks})"
+        found.update(row[0] for row in conn.execute(sql, [target, *chunk]))
+    return found
+
+
+def _trace(conn: sqlite3.Connection, contact_id: str) -> Trace:
+    # Scans: tracing is rare, and an index on contact ids would cost every webhook a write.
+    events = [
+        TraceEvent(*row)
+        for row in conn.execute(
+            "SELECT seq, event_id, tenant, event_type, op, received_at, dropped, payload"
+            " FROM events WHERE contact_id = ? ORDER BY seq",
+            (contact_id,),
+        )
+    ]
+    attempts = [
+        TraceAttempt(*row)
+        for row in conn.execute(
+            "SELECT target, seq, at, outcome, detail, remote_id, mapping FROM attempts"
+            " WHERE contact_id = ? ORDER BY id",
+            (contact_id,),
+        )
+    ]
+    sql = Q_DEAD_LETTERS.format(payload="NULL")
+    dead = [
+        DeadLetter(*row)
+        for row in conn.execute(f"{sql} WHERE d.contact_id = ? ORDER BY d.id", (contact_id,))
+    ]
+    pending = {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            "SELECT target, op, attempts, due_at, last_error FROM queue WHERE contact_id = ?",
+            (contact_id,),
+        )
+    }
+    remote_ids = dict(
+        conn.execute(
+            "SELECT target, remote_id FROM links WHERE contact_id = ? AND remote_id IS NOT NULL",
+            (contact_id,),
+        ).fetchall()
+    )
+    return Trace(events, attempts, dead, pending, remote_ids)
+
+
+def _prune_slice(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[int, int]:
+    events = conn.execute(Q_PRUNE_EVENTS, (cutoff, limit)).rowcount
+    attempts = conn.execute(Q_PRUNE_ATTEMPTS, (cutoff, limit)).rowcount
+    return events, attempts
 
 
 def remove_database(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The ``mimeeq-connector`` command line."""
+"""Running the service and looking at it: serve, check, map, status, pause, resume, hubspot."""
 
 from __future__ import annotations
 
@@ -13,54 +13,23 @@ import click
 import orjson
 from pydantic import ValidationError
 
-from connector.config import Config, Target, default_config_path, load_config
+from connector.cli.base import (
+    config_option,
+    find_target,
+    json_option,
+    load,
+    main,
+    opened_store,
+    print_json,
+    table,
+)
+from connector.config import Config, Target
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.observability import configure_logging
 from connector.payloads import CONTACT_EVENTS, PAYLOAD_MODELS
 from connector.receiver import describe
-from connector.store import open_store
 from connector.store.base import TargetStatus
 from connector.targets import TargetContext
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Config file [default: $CONNECTOR_CONFIG, then ./config.yaml]",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _load(config_path: Path | None) -> Config:
-    path = config_path or default_config_path()
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
-
-
-def _target(config: Config, tenant: str, name: str) -> Target:
-    found = config.tenants.get(tenant)
-    if found is None:
-        raise click.BadParameter(f"no tenant {tenant!r} in {config.path}", param_hint="--tenant")
-    target = found.targets.get(name)
-    if target is None:
-        known = ", ".join(found.targets)
-        raise click.BadParameter(f"no target {name!r} (known: {known})", param_hint="--target")
-    return target
-
-
-def _print_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mimeeq-connector")
-def main() -> None:
-    """Keep CRMs in step with Mimeeq contacts, from Mimeeq's webhooks."""
 
 
 @main.command()
@@ -78,7 +47,7 @@ def serve(
     from connector.service import Service
 
     configure_logging(log_format, log_level)
-    config = _load(config_path)
+    config = load(config_path)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(Service(config).run(host, port))
@@ -101,7 +70,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 @config_option
 def check(config_path: Path | None) -> None:
     """Validate the config and every mapping it names."""
-    config = _load(config_path)
+    config = load(config_path)
     targets = config.targets
     click.echo(
         f"{config.path}: OK ({len(config.tenants)} tenant(s), {len(targets)} target(s): "
@@ -124,7 +93,7 @@ def map_command(
     config_path: Path | None, tenant: str, target_name: str, event: str, payload_file: Any
 ) -> None:
     """Print the mapped record of a payload (a dry run: nothing is sent)."""
-    target = _target(_load(config_path), tenant, target_name)
+    target = find_target(load(config_path), tenant, target_name)
     try:
         payload = orjson.loads(payload_file.read())
         PAYLOAD_MODELS[event].model_validate(payload)
@@ -133,7 +102,7 @@ def map_command(
     except ValidationError as exc:
         raise click.ClickException(f"invalid {event} payload: {describe(exc)[1]}") from None
     try:
-        _print_json(target.mapping.apply(payload))
+        print_json(target.mapping.apply(payload))
     except RecordMappingError as exc:
         raise click.ClickException(f"{target.mapping.source}: {exc}") from None
 
@@ -143,34 +112,26 @@ def map_command(
 @json_option
 def status(config_path: Path | None, as_json: bool) -> None:
     """Queue state per tenant × target: pending, dead, delivered, oldest pending, paused."""
-    config = _load(config_path)
+    config = load(config_path)
     rows = asyncio.run(_status(config))
     now = time.time()
     if as_json:
-        _print_json([_status_dict(row, now) for row in rows])
+        print_json([_status_dict(row, now) for row in rows])
         return
-    header = ("TENANT", "TARGET", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING", "STATE")
-    table = [header]
+    lines = [("TENANT", "TARGET", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING", "STATE")]
     for row in rows:
         tenant, _, target = row.target.partition("/")
         oldest = _age(now - row.oldest_pending_at) if row.oldest_pending_at else "-"
         state = f"paused: {row.paused_reason}" if row.paused else "active"
-        table.append(
+        lines.append(
             (tenant, target, str(row.pending), str(row.dead), str(row.delivered), oldest, state)
         )
-    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
-    for line in table:
-        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
-        click.echo("  ".join([*cells, line[-1]]))
+    table(lines)
 
 
 async def _status(config: Config) -> list[TargetStatus]:
-    store = open_store(config)
-    await store.open()
-    try:
+    async with opened_store(config) as store:
         found = {row.target: row for row in await store.status()}
-    finally:
-        await store.close()
     rows = [
         found.pop(t.key) if t.key in found else TargetStatus(t.key, 0, 0, 0, 0, None, None, None)
         for t in config.targets
@@ -215,7 +176,7 @@ def hubspot_group() -> None:
 @click.option("--target", "target_name", required=True)
 def hubspot_setup(config_path: Path | None, tenant: str, target_name: str) -> None:
     """Create the property group and the unique id property in the portal (safe to repeat)."""
-    target = _target(_load(config_path), tenant, target_name)
+    target = find_target(load(config_path), tenant, target_name)
     if target.settings.type != "hubspot":
         raise click.BadParameter(
             f"{target.key} is a {target.settings.type} target", param_hint="--target"
@@ -237,3 +198,33 @@ async def _hubspot_setup(target: Target) -> list[str]:
         return await adapter.setup()
     finally:
         await adapter.close()
+
+
+@main.command()
+@config_option
+@click.option("--tenant", required=True)
+@click.option("--target", "target_name", required=True)
+@click.option("--reason", default="maintenance", show_default=True, help="Shown in status.")
+def pause(config_path: Path | None, tenant: str, target_name: str, reason: str) -> None:
+    """Stop delivering to a target (events keep queueing) until `resume`."""
+    config = load(config_path)
+    key = find_target(config, tenant, target_name).key
+    asyncio.run(_set_pause(config, key, f"paused by an operator: {reason}"))
+    click.echo(f"{key}: paused (a running server stops within seconds; events keep queueing)")
+
+
+@main.command()
+@config_option
+@click.option("--tenant", required=True)
+@click.option("--target", "target_name", required=True)
+def resume(config_path: Path | None, tenant: str, target_name: str) -> None:
+    """Resume a target paused by an operator or by the target itself (auth, daily limit)."""
+    config = load(config_path)
+    key = find_target(config, tenant, target_name).key
+    asyncio.run(_set_pause(config, key, None))
+    click.echo(f"{key}: resumed")
+
+
+async def _set_pause(config: Config, key: str, reason: str | None) -> None:
+    async with opened_store(config) as store:
+        await store.set_paused(key, reason, None, by="operator")

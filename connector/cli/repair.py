@@ -1,0 +1,337 @@
+"""Seeing and repairing what went wrong: dlq, trace, import."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from connector.backfill import IMPORT_EVENT, read_rows
+from connector.cli.base import (
+    config_option,
+    fail,
+    json_option,
+    load,
+    main,
+    opened_store,
+    pick_targets,
+    print_json,
+    table,
+    when,
+)
+from connector.config import Config
+from connector.store.base import DeadLetter, NewEvent, Replayed, Trace
+
+tenant_option = click.option("--tenant", default=None, help="Only this tenant's targets.")
+target_option = click.option("--target", default=None, help="Only this target (needs --tenant).")
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and redrive dead letters."""
+
+
+@dlq.command("list")
+@config_option
+@tenant_option
+@target_option
+@click.option("--limit", type=int, default=1000, show_default=True)
+@json_option
+def dlq_list(
+    config_path: Path | None, tenant: str | None, target: str | None, limit: int, as_json: bool
+) -> None:
+    """Dead letters not replayed yet, oldest first."""
+    config = load(config_path)
+    targets = pick_targets(config, tenant, target) if tenant else None
+    letters = asyncio.run(_dead_letters(config, targets, limit))
+    if as_json:
+        print_json([_letter_dict(letter) for letter in letters])
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    rows = [("ID", "TENANT", "TARGET", "CONTACT", "EVENT", "ATTEMPTS", "FAILED AT", "ERROR")]
+    for d in letters:
+        tenant_slug, _, name = d.target.partition("/")
+        error = d.error if len(d.error) <= 100 else d.error[:99] + "…"
+        rows.append((str(d.id), tenant_slug, name, d.contact_id, d.event_type or "-",
+                     str(d.attempts), when(d.failed_at), error))  # fmt: skip
+    table(rows)
+
+
+async def _dead_letters(config: Config, targets: list[str] | None, limit: int) -> list[DeadLetter]:
+    async with opened_store(config) as store:
+        return await store.dead_letters(targets, limit)
+
+
+@dlq.command("show")
+@config_option
+@click.argument("dead_letter_id", type=int)
+@json_option
+def dlq_show(config_path: Path | None, dead_letter_id: int, as_json: bool) -> None:
+    """Everything about one dead letter, payload included."""
+    config = load(config_path)
+    letter = asyncio.run(_dead_letter(config, dead_letter_id))
+    if letter is None:
+        fail(f"no dead letter {dead_letter_id}")
+        return
+    details = _letter_dict(letter)
+    payload = orjson.loads(letter.payload) if letter.payload else None
+    if as_json:
+        print_json({**details, "payload": payload})
+        return
+    for key, value in details.items():
+        if key.endswith("_at"):
+            value = when(value)
+        click.echo(f"{key.replace('_', ' ') + ':':<18}{'-' if value is None else value}")
+    click.echo("payload:")
+    click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() if payload else "  -")
+
+
+async def _dead_letter(config: Config, dead_letter_id: int) -> DeadLetter | None:
+    async with opened_store(config) as store:
+        return await store.dead_letter(dead_letter_id)
+
+
+def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
+    details = asdict(letter)
+    details.pop("payload")
+    tenant, _, target = letter.target.partition("/")
+    return {"id": letter.id, "tenant": tenant, "target": target} | {
+        k: v for k, v in details.items() if k not in ("id", "target")
+    }
+
+
+@dlq.command("replay")
+@config_option
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--all", "all_of", is_flag=True, help="Every dead letter not replayed yet.")
+@tenant_option
+@target_option
+@click.option("--wait", type=float, default=0, help="Wait up to this many seconds for outcomes.")
+@json_option
+def dlq_replay(
+    config_path: Path | None,
+    ids: tuple[int, ...],
+    all_of: bool,
+    tenant: str | None,
+    target: str | None,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Queue dead contacts again with their latest state, through the current mapping.
+
+    A running server picks them up within seconds; it maps them with the config it has loaded,
+    so after fixing a mapping restart the server (or send it SIGHUP) before replaying.
+    """
+    if bool(ids) == all_of:
+        raise click.UsageError("give dead letter ids, or --all")
+    config = load(config_path)
+    targets = pick_targets(config, tenant, target)
+    report, outcomes = asyncio.run(_replay(config, list(ids) or None, targets, all_of, wait))
+    if as_json:
+        print_json([asdict(r) | {"outcome": outcomes.get(r.dead_letter)} for r in report])
+        return
+    for r in report:
+        outcome = f" → {outcomes[r.dead_letter]}" if r.dead_letter in outcomes else ""
+        where = f" {r.target} {r.contact_id}" if r.target else ""
+        click.echo(f"#{r.dead_letter}{where}: {r.action}{outcome}")
+    counts = Counter(r.action for r in report)
+    click.echo(", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing to replay")
+
+
+async def _replay(
+    config: Config, ids: list[int] | None, targets: list[str], all_of: bool, wait: float
+) -> tuple[list[Replayed], dict[int, str]]:
+    async with opened_store(config) as store:
+        started = time.time()
+        report = await store.replay(ids, targets, all_of=all_of)
+        queued = [r for r in report if r.action in ("queued", "already queued")]
+        outcomes: dict[int, str] = {}
+        deadline = time.monotonic() + wait
+        while queued and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            still = set()
+            for key in {r.target for r in queued}:
+                still |= {(key, c) for c in await store.queued(key, [r.contact_id for r in queued])}
+            if not any((r.target, r.contact_id) in still for r in queued):
+                break
+        if wait:
+            dead_again = {
+                (d.target, d.contact_id): d.error
+                for d in await store.dead_letters(sorted({r.target for r in queued}))
+                if d.failed_at >= started
+            }
+            for r in queued:
+                pending = await store.queued(r.target, [r.contact_id])
+                outcomes[r.dead_letter] = (
+                    "still queued" if pending
+                    else f"dead again: {dead_again[(r.target, r.contact_id)]}"
+                    if (r.target, r.contact_id) in dead_again
+                    else "delivered"
+                )  # fmt: skip
+        return report, outcomes
+
+
+@dlq.command("purge")
+@config_option
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--all", "all_of", is_flag=True, help="Every dead letter (of --tenant/--target).")
+@tenant_option
+@target_option
+@click.option("--older-than-days", type=float, default=None)
+def dlq_purge(
+    config_path: Path | None,
+    ids: tuple[int, ...],
+    all_of: bool,
+    tenant: str | None,
+    target: str | None,
+    older_than_days: float | None,
+) -> None:
+    """Delete dead letters for good."""
+    if bool(ids) == all_of:
+        raise click.UsageError("give dead letter ids, or --all")
+    config = load(config_path)
+    targets = pick_targets(config, tenant, target) if (tenant or target) else None
+    older_than = time.time() - older_than_days * 86_400 if older_than_days is not None else None
+    purged = asyncio.run(_purge(config, list(ids) or None, targets, older_than))
+    click.echo(f"purged {purged} dead letter(s)")
+
+
+async def _purge(
+    config: Config, ids: list[int] | None, targets: list[str] | None, older_than: float | None
+) -> int:
+    async with opened_store(config) as store:
+        return await store.purge(ids, targets, older_than)
+
+
+@main.command()
+@config_option
+@click.argument("contact_id")
+@json_option
+def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
+    """The history of one contact: received, mapped, pushed, CRM id, outcome."""
+    config = load(config_path)
+    found = asyncio.run(_trace(config, contact_id))
+    if as_json:
+        print_json(_trace_dict(found))
+        return
+    if not (found.events or found.attempts or found.dead_letters or found.pending):
+        fail(
+            f"nothing known about {contact_id} (events are kept "
+            f"{config.store.retention_days:g} days after delivery)"
+        )
+    event_ids = {e.seq: e.event_id for e in found.events}
+    click.echo(f"contact {contact_id}")
+    click.echo("events received:")
+    for e in found.events:
+        fate = f"dropped: {e.dropped}" if e.dropped else "queued"
+        click.echo(f"  {when(e.received_at)}  {e.tenant}  {e.event_type:<17} {fate}"
+                   f"  (event {e.event_id})")  # fmt: skip
+    click.echo("pushes:" if found.attempts else "pushes: none yet")
+    for a in found.attempts:
+        crm = f"  CRM id {a.remote_id}" if a.remote_id else ""
+        detail = f": {a.detail}" if a.detail else ""
+        source = f"event {event_ids.get(a.seq, a.seq)}, mapping {a.mapping or '-'}"
+        click.echo(f"  {when(a.at)}  {a.target}  {a.outcome}{detail}{crm}  ({source})")
+    for key, (op, tries, due, error) in found.pending.items():
+        failed = f", {tries} failed attempt(s), last error: {error}" if tries else ""
+        click.echo(f"pending: {key} {op}, next try {when(due)}{failed}")
+    for d in found.dead_letters:
+        state = f"replayed {when(d.replayed_at)}" if d.replayed_at else "not replayed"
+        click.echo(f"dead letter #{d.id}: {d.target} after {d.attempts} attempt(s): {d.error}"
+                   f" ({state})")  # fmt: skip
+    for key, remote in found.remote_ids.items():
+        click.echo(f"CRM id: {key} {remote}")
+
+
+async def _trace(config: Config, contact_id: str) -> Trace:
+    async with opened_store(config) as store:
+        return await store.trace(contact_id)
+
+
+def _trace_dict(found: Trace) -> dict[str, Any]:
+    return {
+        "events": [
+            asdict(e) | {"payload": orjson.loads(e.payload) if e.payload else None}
+            for e in found.events
+        ],
+        "attempts": [asdict(a) for a in found.attempts],
+        "dead_letters": [_letter_dict(d) for d in found.dead_letters],
+        "pending": {
+            key: {"op": op, "failed_attempts": tries, "due_at": due, "last_error": error}
+            for key, (op, tries, due, error) in found.pending.items()
+        },
+        "remote_ids": found.remote_ids,
+    }
+
+
+@main.command("import")
+@config_option
+@click.option("--tenant", required=True)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+def import_command(config_path: Path | None, tenant: str, file: Path, as_json: bool) -> None:
+    """Backfill from a Mimeeq contacts CSV export or a JSON-lines file of contact payloads.
+
+    Every row goes through the normal pipeline; importing the same file twice stores nothing new.
+    """
+    config = load(config_path)
+    if tenant not in config.tenants:
+        raise click.BadParameter(f"no tenant {tenant!r} in {config.path}", param_hint="--tenant")
+    counts, problems = asyncio.run(_import(config, tenant, file, show_progress=not as_json))
+    if as_json:
+        print_json({**counts, "unusable": [{"line": n, "problem": p} for n, p in problems]})
+    else:
+        summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "nothing"
+        click.echo(f"{file}: {summary}")
+        for line, problem in problems:
+            click.echo(f"  line {line}: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+
+
+async def _import(
+    config: Config, slug: str, file: Path, *, show_progress: bool
+) -> tuple[dict[str, int], list[tuple[int, str]]]:
+    tenant = config.tenants[slug]
+    targets = tuple(t.key for t in tenant.targets.values() if t.settings.enabled)
+    counts = {"queued": 0, "duplicate": 0, "dropped": 0, "unusable": 0}
+    problems: list[tuple[int, str]] = []
+    with file.open("rb") as f:
+        lines = sum(1 for _ in f)
+    batch: list[NewEvent] = []
+    async with opened_store(config) as store:
+
+        async def flush() -> None:
+            for accepted in await store.append_many(batch):
+                counts[accepted.status] += 1
+            batch.clear()
+
+        with click.progressbar(
+            length=lines, label="importing", file=None if show_progress else io.StringIO(),
+            show_pos=True,
+        ) as bar:  # fmt: skip
+            done = 0
+            for row in read_rows(file, tenant.customer_id, tenant.import_settings):
+                bar.update(row.line - done)
+                done = row.line
+                if row.payload is None:
+                    counts["unusable"] += 1
+                    problems.append((row.line, row.problem or "unusable"))
+                    continue
+                body = orjson.dumps(row.payload)
+                batch.append(NewEvent(slug, IMPORT_EVENT, row.payload["id"], "upsert", body,
+                                      targets))  # fmt: skip
+                if len(batch) >= 500:
+                    await flush()
+            await flush()
+            bar.update(lines - done)
+    return counts, problems
