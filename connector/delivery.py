@@ -126,7 +126,8 @@ class TargetWorker:
             await asyncio.wait_for(self.wake.wait(), timeout=max(seconds, 0.0))
         except TimeoutError:
             return False
-        self.wake.clear()
+        if not self._stopping:  # a stop stays signalled for every later sleep
+            self.wake.clear()
         return True
 
     def notify(self, events: int = 1) -> None:

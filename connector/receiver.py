@@ -106,7 +106,8 @@ class Receiver:
         accepted = await service.store.append(
             NewEvent(tenant.slug, event, payload.id, op, body, targets)
         )
-        service.notify(tenant.slug)
+        if accepted.status == "queued":
+            service.notify(tenant.slug)
         log.debug(
             "webhook stored",
             tenant=tenant.slug,

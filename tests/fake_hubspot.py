@@ -646,13 +646,17 @@ class FakeHubSpot:
         )
         return app
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
+        """Serve on ``port`` (0: any free one; pass the old port to come back after a stop)."""
+        if self.app.frozen:  # an aiohttp app serves once: a restart needs a new one
+            self.app = self.make_app()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
+        self.port = port
         return self.url
 
     async def stop(self) -> None:

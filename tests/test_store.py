@@ -254,3 +254,151 @@ async def test_a_second_server_cannot_open_the_same_file(tmp_path: Path) -> None
             await SQLiteStore(tmp_path / "s.db", exclusive=True).open()
     finally:
         await first.close()
+
+
+async def test_an_identical_redelivery_is_acknowledged_not_stored_twice(store: Store) -> None:
+    first = await store.append(event("c1", body=b'{"same": 1}'))
+    again = await store.append(event("c1", body=b'{"same": 1}'))
+    assert again.status == "duplicate" and again.event_id == first.event_id
+    other_event = await store.append(
+        NewEvent("demo", "contact-created", "c1", "upsert", b'{"same": 1}', (T,))
+    )
+    other_tenant = await store.append(
+        NewEvent("acme", "contact-updated", "c1", "upsert", b'{"same": 1}', ("acme/crm",))
+    )
+    assert other_event.status == other_tenant.status == "queued"
+    (item,) = (await store.claim(T, 10, 60)).items
+    assert item.events == 2  # the redelivery did not count
+
+
+async def test_duplicates_are_recognised_within_a_group_and_only_within_the_window(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "s.db", dedupe_window=0.2)
+    await store.open()
+    try:
+        same = [event("c1", body=b"{}"), event("c1", body=b"{}")]
+        answers = await store.append_many(same)
+        assert [a.status for a in answers] == ["queued", "duplicate"]
+        await asyncio.sleep(0.25)
+        assert (await store.append(event("c1", body=b"{}"))).status == "queued"
+    finally:
+        await store.close()
+
+
+async def test_operator_pause_is_recorded_with_who_paused(store: Store) -> None:
+    await store.set_paused(T, "paused by an operator: migration", None, by="operator")
+    state = await store.target_state(T)
+    assert (state.paused_reason, state.paused_by) == (
+        "paused by an operator: migration",
+        "operator",
+    )
+    await store.set_paused(T, None, None, by="operator")
+    assert (await store.target_state(T)).paused_reason is None
+    assert (await store.target_state("demo/never-seen")).paused_reason is None
+
+
+async def dead(store: Store, contact: str, body: bytes, error: str = "refused") -> None:
+    await store.append(event(contact, body=body))
+    claim = await store.claim(T, 100, 60)
+    await store.complete(claim, [Result(i.contact_id, "dead", error=error) for i in claim.items])
+
+
+async def test_dead_letters_can_be_listed_and_shown(store: Store) -> None:
+    await dead(store, "c1", b'{"v": 1}', "Property email is invalid")
+    await dead(store, "c2", b'{"v": 2}')
+    listed = await store.dead_letters()
+    assert [(d.contact_id, d.error, d.attempts) for d in listed] == [
+        ("c1", "Property email is invalid", 1),
+        ("c2", "refused", 1),
+    ]
+    assert listed[0].payload is None and listed[0].event_type == "contact-updated"
+    shown = await store.dead_letter(listed[0].id)
+    assert shown is not None and shown.payload == b'{"v": 1}'
+    assert await store.dead_letters(["demo/other"]) == []
+    assert await store.dead_letter(999) is None
+
+
+async def test_replay_queues_the_latest_state_once(store: Store) -> None:
+    await dead(store, "c1", b'{"v": 1}')
+    await dead(store, "c1", b'{"v": 2}')  # a newer update died too
+    await dead(store, "c2", b'{"v": 3}')
+    c1_first, c1_second, c2 = await store.dead_letters()
+    report = await store.replay([c1_first.id, c1_second.id, 42], [T])
+    assert [(r.contact_id, r.action) for r in report] == [
+        ("c1", "queued"),
+        ("c1", "already queued"),
+        ("", "not found"),
+    ]
+    (item,) = (await store.claim(T, 10, 60)).items
+    assert (item.contact_id, item.payload) == ("c1", b'{"v": 2}')
+    assert [d.id for d in await store.dead_letters()] == [c2.id]  # replayed ones leave the list
+    (status,) = await store.status()
+    assert status.dead == 1
+    assert [r.action for r in await store.replay(None, ["demo/other"], all_of=True)] == []
+    assert [r.action for r in await store.replay([c2.id], ["demo/other"])] == ["unknown target"]
+
+
+async def test_replay_sends_a_delete_when_the_contact_was_deleted_since(store: Store) -> None:
+    await dead(store, "c1", b'{"v": 1}')
+    await store.append(event("c1", "delete"))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(claim, [Result("c1", "delivered")])
+    await store.append(event("c1", body=b'{"late": true}'))  # dropped: deleted earlier
+    assert len(await store.dead_letters()) == 1
+    await store.replay(None, [T], all_of=True)
+    (item,) = (await store.claim(T, 10, 60)).items
+    assert item.op == "delete"
+
+
+async def test_purge_removes_dead_letters(store: Store) -> None:
+    await dead(store, "c1", b'{"v": 1}')
+    await dead(store, "c2", b'{"v": 2}')
+    first, _ = await store.dead_letters()
+    assert await store.purge([first.id], None) == 1
+    assert await store.purge(None, [T], older_than=0) == 0  # none older than 1970
+    assert await store.purge(None, [T]) == 1
+    assert await store.dead_letters() == []
+
+
+async def test_trace_tells_the_story_of_a_contact(store: Store) -> None:
+    created = await store.append(event("c1", body=b'{"v": 1}'))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(
+        claim, [Result("c1", "delivered", remote_id="hs-7", mapping="mappings/x.yaml")]
+    )
+    await store.append(event("c1", "delete"))
+    late = await store.append(event("c1", body=b'{"v": 3}'))
+    found = await store.trace("c1")
+    assert found.events[0].event_id == created.event_id
+    assert [e.dropped is not None for e in found.events] == [False, False, True]
+    assert [(a.outcome, a.remote_id, a.mapping) for a in found.attempts] == [
+        ("delivered", "hs-7", "mappings/x.yaml")
+    ]
+    assert found.pending == {T: ("delete", 0, pytest.approx(time.time(), abs=5), None)}
+    assert found.remote_ids == {T: "hs-7"}
+    assert late.status == "dropped"
+    assert (await store.trace("nobody")).events == []
+
+
+async def test_prune_keeps_what_is_still_needed(store: Store) -> None:
+    await store.append(event("delivered", body=b'{"v": 1}'))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(claim, [Result("delivered", "delivered")])
+    await dead(store, "dead", b'{"v": 2}')
+    await store.append(event("pending", body=b'{"v": 3}'))
+    await asyncio.sleep(0.05)
+    assert await store.prune(retention=3600) == {"events": 0, "attempts": 0}
+    pruned = await store.prune(retention=0.01)
+    assert pruned == {"events": 1, "attempts": 2}
+    assert (await store.trace("delivered")).events == []
+    assert len((await store.trace("dead")).events) == 1  # a dead letter still needs it
+    assert len((await store.trace("pending")).events) == 1  # so does the queue
+    (letter,) = await store.dead_letters()
+    assert (await store.dead_letter(letter.id)).payload == b'{"v": 2}'  # type: ignore[union-attr]
+
+
+async def test_queued_tells_which_contacts_wait(store: Store) -> None:
+    await store.append(event("c1"))
+    await store.append(event("c2"))
+    assert await store.queued(T, ["c1", "c3"]) == {"c1"}

@@ -288,7 +288,7 @@ def import_command(config_path: Path | None, tenant: str, file: Path, as_json: b
         raise click.BadParameter(f"no tenant {tenant!r} in {config.path}", param_hint="--tenant")
     counts, problems = asyncio.run(_import(config, tenant, file, show_progress=not as_json))
     if as_json:
-        print_json({**counts, "unusable": [{"line": n, "problem": p} for n, p in problems]})
+        print_json({**counts, "problems": [{"line": n, "problem": p} for n, p in problems]})
     else:
         summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "nothing"
         click.echo(f"{file}: {summary}")

@@ -1,0 +1,232 @@
+"""Operators' tools against a running service: dlq, pause/resume, trace, import, redeliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from connector.cli import main
+from connector.config import load_config
+from connector.service import Service
+from connector.targets import Dead
+from tests.conftest import CUSTOMER, FAKE_MAPPING, contact, fake_adapter, write_config
+from tests.test_delivery import send, wait_for
+
+
+async def cli(*args: str) -> Result:
+    """The command line, in a thread: it runs its own event loop."""
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args))
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Service] = []
+
+    async def make(targets: dict[str, Any] | None = None) -> Service:
+        svc = Service(load_config(write_config(tmp_path, targets)))
+        await svc.start()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        if svc.accepting:
+            await svc.stop()
+
+
+def config_of(service: Service) -> str:
+    return str(service.config.path)
+
+
+async def dead_count(service: Service) -> int:
+    return sum(s.dead for s in await service.store.status())
+
+
+async def test_dead_letters_are_listed_shown_replayed_and_purged(running: Callable) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    bad = {contact(n)["id"] for n in (1, 2)}
+    fake.script = lambda r: Dead("HTTP 422: email is invalid") if r.contact_id in bad else None
+    for n in range(4):
+        await send(service, "contact-created", contact(n))
+    await wait_for(lambda: len(fake.contacts) == 2)
+    for _ in range(100):
+        if await dead_count(service) == 2:
+            break
+        await asyncio.sleep(0.02)
+    config = config_of(service)
+
+    listed = await cli("dlq", "list", "--config", config)
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "TENANT", "TARGET", "CONTACT"]
+    assert contact(1)["id"] in lines[1] and "HTTP 422: email is invalid" in lines[1]
+    letters = json.loads((await cli("dlq", "list", "--config", config, "--json")).stdout)
+    assert [d["contact_id"] for d in letters] == [contact(1)["id"], contact(2)["id"]]
+    assert letters[0]["tenant"] == "demo" and letters[0]["target"] == "fake"
+    assert letters[0]["attempts"] == 1 and letters[0]["event_type"] == "contact-created"
+
+    shown = await cli("dlq", "show", str(letters[0]["id"]), "--config", config)
+    assert "error:" in shown.stdout and "HTTP 422: email is invalid" in shown.stdout
+    assert '"firstName": "First1"' in shown.stdout
+
+    fake.script = None  # the target is fixed
+    replayed = await cli("dlq", "replay", str(letters[0]["id"]), "--config", config, "--wait", "15")
+    assert replayed.exit_code == 0, replayed.output
+    assert f"{contact(1)['id']}: queued → delivered" in replayed.stdout
+    assert contact(1)["id"] in fake.contacts
+
+    purged = await cli("dlq", "purge", "--all", "--config", config)
+    assert purged.stdout.strip() == "purged 2 dead letter(s)"  # the replayed one too
+    assert json.loads((await cli("dlq", "list", "--config", config, "--json")).stdout) == []
+    missing = await cli("dlq", "show", "999", "--config", config)
+    assert missing.exit_code == 1 and "no dead letter 999" in missing.stderr
+
+
+async def test_replay_needs_ids_or_all(running: Callable) -> None:
+    service = await running()
+    result = await cli("dlq", "replay", "--config", config_of(service))
+    assert result.exit_code == 2 and "give dead letter ids, or --all" in result.output
+
+
+async def test_an_operator_pauses_and_resumes_a_target(running: Callable) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    config = config_of(service)
+    paused = await cli("pause", "--config", config, "--tenant", "demo", "--target", "fake",
+                       "--reason", "CRM migration")  # fmt: skip
+    assert paused.exit_code == 0, paused.output
+    await asyncio.sleep(2.5)  # the worker looks at the store every two seconds
+    await send(service, "contact-created", contact(1))
+    await asyncio.sleep(0.5)
+    assert fake.pushes == []
+    status = json.loads((await cli("status", "--config", config, "--json")).stdout)
+    assert status[0]["paused"] and status[0]["paused_reason"].endswith("CRM migration")
+    assert status[0]["pending"] == 1
+    resumed = await cli("resume", "--config", config, "--tenant", "demo", "--target", "fake")
+    assert resumed.exit_code == 0
+    await wait_for(lambda: bool(fake.contacts), timeout=10)
+    status = json.loads((await cli("status", "--config", config, "--json")).stdout)
+    assert not status[0]["paused"] and status[0]["delivered"] == 1
+
+
+async def test_trace_shows_every_step(running: Callable) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    one = contact(1)["id"]
+    created = await send(service, "contact-created", contact(1))
+    await wait_for(lambda: one in fake.contacts)
+    await send(service, "contact-deleted", {"id": one, "customerId": CUSTOMER})
+    await wait_for(lambda: one not in fake.contacts)
+    late = await send(service, "contact-updated", contact(1, lastName="Late"))
+    assert late["status"] == "dropped"
+    result = await cli("trace", one, "--config", config_of(service))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"(event {created['eventId']})" in out
+    assert "contact-created" in out and "contact-deleted" in out
+    assert "dropped: contact was deleted earlier" in out
+    assert f"demo/fake  delivered  CRM id remote-{one}" in out
+    assert "mapping config.yaml: tenants.demo.targets.fake.mapping (inline)" in out
+    as_json = json.loads((await cli("trace", one, "--config", config_of(service), "--json")).stdout)
+    assert [e["event_type"] for e in as_json["events"]] == [
+        "contact-created", "contact-deleted", "contact-updated"]  # fmt: skip
+    assert [a["outcome"] for a in as_json["attempts"]] == ["delivered", "delivered"]
+    unknown = await cli("trace", "CONT-nobody", "--config", config_of(service))
+    assert unknown.exit_code == 1 and "nothing known about CONT-nobody" in unknown.stderr
+
+
+async def test_a_redelivered_webhook_is_stored_once(running: Callable) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    fake.gate = asyncio.Event()
+    first = await send(service, "contact-created", contact(1))
+    again = await send(service, "contact-created", contact(1))
+    assert again == {
+        "eventId": first["eventId"],
+        "status": "duplicate",
+        "reason": "already received",
+    }
+    fake.gate.set()
+    await wait_for(lambda: bool(fake.contacts))
+    (status,) = await service.store.status()
+    assert status.delivered == 1
+
+
+MIMEEQ_EXPORT = (
+    "\ufeffContact ID,First Name,Last Name,Email,Phone,Company ID,Status,Address,City,Zip Code,"
+    "Country,Position,Tags\n"
+    "CONT-imp-1,Ada,Lovelace,ada@example.com,+44 20 7946 0000,COMP-1,ACTIVE,1 Street,London,N1,"
+    "UK,CTO,vip; trade fair\n"
+    """CONT-imp-2,Alan,Turing,"alan@example.com; alan@home.example",,,INACTIVE,,,,,,
+,No,Id,nobody@example.com,,,,,,,,,
+CONT-imp-4,Grace,Hopper,grace@example.com,,,ACTIVE,,,,,,
+"""
+)
+
+
+async def test_import_a_mimeeq_csv_export_twice(running: Callable, tmp_path: Path) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    export = tmp_path / "contacts.csv"
+    export.write_text(MIMEEQ_EXPORT, encoding="utf-8")
+    first = await cli("import", "--config", config_of(service), "--tenant", "demo", str(export))
+    assert first.exit_code == 1  # one row could not be used: said so, the rest imported
+    assert "3 queued, 1 unusable" in first.stdout
+    assert "line 4: id: required, but empty" in first.stderr
+    await wait_for(lambda: len(fake.contacts) == 3, timeout=10)  # picked up by the server
+    assert fake.contacts["CONT-imp-1"] == {"first": "Ada", "last": "Lovelace",
+                                           "email": "ada@example.com"}  # fmt: skip
+    (record,) = [r for batch in fake.pushes for r in batch if r.contact_id == "CONT-imp-2"]
+    assert record.event == "contact-imported"
+    assert [e["mail"] for e in record.payload["emails"]] == [
+        "alan@example.com",
+        "alan@home.example",
+    ]
+    second = await cli("import", "--config", config_of(service), "--tenant", "demo", str(export),
+                       "--json")  # fmt: skip
+    counts = json.loads(second.stdout)
+    assert (counts["queued"], counts["duplicate"], counts["unusable"]) == (0, 3, 1)
+
+
+async def test_import_json_lines(running: Callable, tmp_path: Path) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    lines = [json.dumps(contact(n)) for n in range(5)]
+    lines.insert(2, "{broken")
+    lines.append(json.dumps({**contact(9), "customerId": "CUST-someone-else"}))
+    source = tmp_path / "contacts.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    result = await cli("import", "--config", config_of(service), "--tenant", "demo", str(source))
+    assert "5 queued, 2 unusable" in result.stdout
+    assert "line 3: not valid JSON" in result.stderr
+    assert "line 7: customerId is not this tenant's Mimeeq customer" in result.stderr
+    await wait_for(lambda: len(fake.contacts) == 5, timeout=10)
+
+
+async def test_stopping_releases_claims_of_pushes_that_did_not_finish(tmp_path: Path) -> None:
+    config = load_config(
+        write_config(tmp_path, {"fake": {"type": "fake", "mapping": FAKE_MAPPING}})
+    )
+    service = Service(config)
+    await service.start()
+    fake = fake_adapter(service)
+    fake.gate = asyncio.Event()  # the push hangs
+    await send(service, "contact-created", contact(1))
+    await wait_for(lambda: bool(fake.in_flight))
+    service.config.server.drain_timeout = 0.2
+    await service.stop()
+    service = Service(config)
+    await service.start()
+    try:
+        # Released at stop: claimable at once, not after a lease or a recovery.
+        assert (await service.store.status())[0].pending == 1
+        await wait_for(lambda: bool(fake_adapter(service).contacts))
+    finally:
+        await service.stop()
