@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/ (hubspot.py)
 from bench.common import ROOT, free_port, machine, wait_for_port
 
 TOKEN = "bench-token-0123456789"

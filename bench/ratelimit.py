@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/ (hubspot.py)
 from bench.common import ROOT, machine
 from connector.config import load_config
 from connector.observability import configure_logging

@@ -99,6 +99,9 @@ class TargetWorker:
                     results = await self.deliver(claim)
                     await self.store.complete(claim, results)
                     del self._inflight[claim.token]
+                    # Events that arrived during the push, or retries due soon, may be waiting
+                    # for the lane that watches the queue: have it look again.
+                    self.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -1,0 +1,175 @@
+"""HubSpot delivery benchmark: API write calls per burst, and the time a backlog takes.
+
+Runs the whole service (receiver, SQLite queue, HubSpot target through hubspot-api-client) against
+the fake HubSpot, with the shipped HubSpot mapping:
+
+1. write calls for 1,000 new contacts posted in a burst (target <= 11);
+2. write calls for 1,000 updates spread over 10 contacts (target <= 20);
+3. 10,000 new contacts queued while the target is paused, then released, with the fake's limit
+   at 100 requests per 10 s compressed to 100 per second: seconds until the last contact is
+   visible in the fake, against the physical minimum that limit allows (100 calls of 100
+   contacts at 100 per second: 1 s; target within 10% of it).
+
+    python bench/hubspot.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/ (hubspot.py)
+from bench.common import ROOT, machine
+from connector.config import load_config
+from connector.observability import configure_logging
+from connector.service import Service
+from tests.fake_hubspot import FakeHubSpot
+
+TOKEN = "bench-token-0123456789"
+HS_TOKEN = "hs-bench"
+CUSTOMER = "CUST-e3115ba6-0cce-4ba5-9803-aadf90ba2a96"
+BODY = json.loads((ROOT / "tests" / "data" / "contact-created.json").read_text())
+
+
+def contact(n: int, **changes: Any) -> dict[str, Any]:
+    emails = [{"type": "WORK", "mail": f"p{n}@example.com"}]
+    return {**BODY, "id": f"CONT-{n:08d}", "emails": emails, **changes}
+
+
+async def scenario(
+    folder: Path, limit: int, per_seconds: float, **target: Any
+) -> tuple[FakeHubSpot, Service]:
+    fake = FakeHubSpot(token=HS_TOKEN, rate_limit=limit, interval=per_seconds, latency=0.02)
+    await fake.start()
+    fake.add_property("mimeeq_contact_id", object_type="contacts", unique=True)
+    tags = [("tag1", "tag1"), ("tag2", "tag2")]
+    fake.add_property(
+        "mimeeq_tags", object_type="contacts", type="enumeration", field_type="checkbox",
+        options=tags,
+    )  # fmt: skip
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "store": {"url": f"sqlite:///{folder.name}.db"},
+        "tenants": {"demo": {
+            "customer_id": CUSTOMER,
+            "auth": {"values": [TOKEN]},
+            "targets": {"hubspot": {
+                "type": "hubspot", "access_token": HS_TOKEN, "base_url": fake.url,
+                "mapping": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
+                "rate_limit": {"requests": limit, "per_seconds": per_seconds}, **target,
+            }},
+        }},
+    }))  # fmt: skip
+    service = Service(load_config(path))
+    await service.start()
+    return fake, service
+
+
+async def post_burst(service: Service, events: list[tuple[str, dict[str, Any]]]) -> float:
+    """Post concurrently; return when the last 202 came back (time.monotonic())."""
+    url = f"http://127.0.0.1:{service.port}/webhooks/demo/"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+
+        async def post(event: str, body: dict[str, Any]) -> None:
+            async with http.post(url + event, json=body, headers={"X-Mimeeq-Token": TOKEN}) as r:
+                assert r.status == 202, await r.text()
+
+        await asyncio.gather(*(post(e, b) for e, b in events))
+    return time.monotonic()
+
+
+async def drained(service: Service, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(s.pending for s in await service.store.status()):
+        assert time.monotonic() < deadline, "did not drain"
+        await asyncio.sleep(0.02)
+
+
+def writes(fake: FakeHubSpot) -> int:
+    return len(fake.writes())
+
+
+async def run(backlog: int) -> dict[str, Any]:
+    figures: dict[str, Any] = {"benchmark": "hubspot", "machine": machine()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+
+        (folder / "new").mkdir()
+        fake, service = await scenario(folder / "new", 100, 10.0)
+        await post_burst(service, [("contact-created", contact(n)) for n in range(1000)])
+        await drained(service)
+        figures["writes_per_1000_new"] = writes(fake)
+        await service.stop()
+        await fake.stop()
+        print(f"1,000 new contacts:          {figures['writes_per_1000_new']} write calls "
+              "(target <= 11)", flush=True)  # fmt: skip
+
+        (folder / "updates").mkdir()
+        fake, service = await scenario(folder / "updates", 100, 10.0)
+        events = [("contact-updated", contact(n % 10, lastName=f"v{n}")) for n in range(1000)]
+        await post_burst(service, events)
+        await drained(service)
+        figures["writes_per_1000_updates_of_10"] = writes(fake)
+        await service.stop()
+        await fake.stop()
+        print(f"1,000 updates to 10 contacts: {figures['writes_per_1000_updates_of_10']} write "
+              "calls (target <= 20)", flush=True)  # fmt: skip
+
+        (folder / "backlog").mkdir()
+        fake, service = await scenario(folder / "backlog", 100, 1.0, concurrency=8)
+        key = "demo/hubspot"
+        await service.store.set_paused(key, "benchmark: filling the backlog", None, by="operator")
+        await asyncio.sleep(2.5)  # the workers notice the pause
+        print(f"queueing {backlog:,} new contacts...", flush=True)
+        for start in range(0, backlog, 2000):
+            chunk = range(start, min(start + 2000, backlog))
+            await post_burst(service, [("contact-created", contact(n)) for n in chunk])
+        released = time.monotonic()
+        await service.store.set_paused(key, None, None, by="operator")
+        while len(fake.contacts) < backlog:
+            await asyncio.sleep(0.005)
+        took = time.monotonic() - released
+        upserts = [c for c in fake.calls if c.path.endswith("batch/upsert")]
+        await service.stop()
+        await fake.stop()
+        # The workers look at the pause every 2 s: the wait for that is not delivery time.
+        first_call = min(c.at for c in upserts)
+        delivery = time.monotonic() - first_call - (time.monotonic() - released - took)
+        minimum = math.ceil(backlog / 100) / 100  # calls needed / calls allowed per second
+        figures.update(
+            backlog=backlog,
+            backlog_calls=len(upserts),
+            backlog_seconds=round(delivery, 2),
+            backlog_minimum_seconds=minimum,
+            backlog_vs_minimum=round(delivery / minimum, 3),
+            answered_429=fake.count(429),
+        )
+        print(f"{backlog:,} contacts at 100 requests/s: {delivery:.2f} s from the first call to "
+              f"the last contact visible, minimum {minimum:.2f} s "
+              f"({delivery / minimum:.0%} of it; target <= 110%), "
+              f"{len(upserts)} upsert calls, {fake.count(429)} answered 429")  # fmt: skip
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backlog", type=int, default=10_000)
+    args = parser.parse_args()
+    configure_logging("console", "warning")
+    figures = asyncio.run(run(args.backlog))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
