@@ -470,26 +470,141 @@ def is_datetime(value: str) -> bool:
     return True
 
 
-# --- staged writes --------------------------------------------------------------------------------
+# --- objects, unique-value indexes and staged writes ----------------------------------------------
 
 
 def normal(prop: str, value: str) -> str:
     return value.lower() if prop == "email" else value
 
 
-class Session:
-    """The objects of one type as one request sees and changes them.
+class Tracked(dict[Any, Any]):
+    """A dict that counts its direct edits: one count, ``Tracked.edits``, for all of them.
 
-    Changes are staged and reach the live dict only on ``commit``, so a batch that fails whole
-    (409, 400) changes nothing. Lookups by unique value use indexes built on first use, one pass
-    over the objects per property and request, which keeps big batches against big portals fast
-    while tests stay free to edit the live dicts between requests.
+    The fake keeps its objects in these (the dicts of objects and each object's properties), so a
+    test editing them by hand makes every unique-value index stale (rebuilt at its next use). The
+    fake's own writes go round the count (``dict.__setitem__(d, ...)``, ``FakeHubSpot._store``)
+    and keep the indexes up to date instead. Building one (``Tracked(mapping)``) is no edit.
     """
 
-    def __init__(self, live: dict[str, dict[str, str]]) -> None:
-        self.live = live
+    __slots__ = ()
+    edits = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        Tracked.edits += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        Tracked.edits += 1
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> Tracked:  # type: ignore[misc]
+        Tracked.edits += 1
+        return super().__ior__(other)
+
+    def pop(self, *args: Any) -> Any:
+        Tracked.edits += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[Any, Any]:
+        Tracked.edits += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        Tracked.edits += 1
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        Tracked.edits += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        Tracked.edits += 1
+        return super().setdefault(key, default)
+
+
+class UniqueIndex:
+    """``normal(value)`` -> id of the object that holds it, for one property of one dict of objects.
+
+    Built in one pass over the objects; when values are shared (only edits by hand or
+    ``add_contact`` can do that) the last object in dict order owns the value, as a scan would
+    find it. ``fresh`` says whether the objects may have changed since without the index seeing it.
+    """
+
+    __slots__ = ("edits", "owners", "prop", "serial", "shared", "size", "source")
+
+    def __init__(self, source: dict[str, dict[str, str]], prop: str, serial: int) -> None:
+        self.source = source
+        self.prop = prop
+        self.owners: dict[str, str] = {}
+        self.shared = False  # some value belongs to more than one object
+        tracked = isinstance(source, Tracked)
+        for oid, props in source.items():
+            tracked = tracked and isinstance(props, Tracked)
+            key = self.key(props)
+            if key is not None:
+                self.shared = self.shared or key in self.owners
+                self.owners[key] = oid
+        self.size = len(source)
+        self.edits = Tracked.edits
+        # objects put in by hand as plain dicts can change unseen: then trust this index only in
+        # the session (request) that built it
+        self.serial = None if tracked else serial
+
+    def key(self, props: Mapping[str, str] | None) -> str | None:
+        value = props.get(self.prop) if props is not None else None
+        return normal(self.prop, value) if value else None
+
+    def fresh(self, source: dict[str, dict[str, str]], serial: int | None) -> bool:
+        return (
+            self.source is source
+            and self.size == len(source)
+            and self.edits == Tracked.edits
+            and self.serial in (None, serial)
+        )
+
+    def holds(self, oid: str, key: str) -> bool:
+        """Whether object ``oid`` (still) has the value: a check of a hit against the object."""
+        return self.key(self.source.get(oid)) == key
+
+    def change(
+        self, oid: str, old: Mapping[str, str] | None, new: Mapping[str, str] | None
+    ) -> bool:
+        """Follow object ``oid`` going from ``old`` to ``new`` (None: absent); a new object goes
+        last in dict order. False when the index cannot follow (shared values): drop it."""
+        before, after = self.key(old), self.key(new)
+        if before == after:
+            return True
+        if before is not None and self.owners.get(before) == oid:
+            if self.shared:  # another object may hold the value too
+                return False
+            del self.owners[before]
+        if after is not None:
+            holder = self.owners.get(after)
+            if holder is not None and holder != oid:
+                if old is not None:  # which one owns it depends on where each one is
+                    return False
+                self.shared = True  # the new object comes last: it owns the value
+            self.owners[after] = oid
+        return True
+
+
+class Session:
+    """The objects of one dict of ``FakeHubSpot`` (``contacts``, ``archived``, ...) as one request
+    sees and changes them.
+
+    Changes are staged and reach the live dict only on ``commit``, so a batch that fails whole
+    (409, 400) changes nothing. Lookups by unique value go to the fake's persistent indexes (kept
+    up to date by ``commit``), with the staged objects laid over them: staged changes are seen
+    by this session only, and by the shared indexes only once committed.
+    """
+
+    def __init__(self, fake: FakeHubSpot, kind: str) -> None:
+        self.fake = fake
+        self.kind = kind
+        self.live: dict[str, dict[str, str]] = getattr(fake, kind)
+        self.serial = next(fake._serials)
         self.staged: dict[str, dict[str, str]] = {}
-        self._indexes: dict[str, dict[str, str]] = {}
+        self._staged_owners: dict[str, dict[str, str]] = {}  # prop -> normal(value) -> id
 
     def get(self, oid: str) -> dict[str, str] | None:
         return self.staged[oid] if oid in self.staged else self.live.get(oid)
@@ -500,17 +615,27 @@ class Session:
             return None
         if prop == "hs_object_id":
             return value if self.get(value) is not None else None
-        index = self._indexes.get(prop)
+        key = normal(prop, value)
+        oid = self._staged_index(prop).get(key)
+        if oid is not None:
+            return oid
+        oid = self.fake._owner(self.kind, prop, key, self.serial)
+        if oid is not None and oid in self.staged:
+            return None  # its staged version has another value (or the staged index had it)
+        return oid
+
+    def _staged_index(self, prop: str) -> dict[str, str]:
+        index = self._staged_owners.get(prop)
         if index is None:
-            index = self._indexes[prop] = {}
-            for oid, props in itertools.chain(self.live.items(), self.staged.items()):
+            index = self._staged_owners[prop] = {}
+            for oid, props in self.staged.items():
                 if props.get(prop):
                     index[normal(prop, props[prop])] = oid
-        return index.get(normal(prop, value))
+        return index
 
     def put(self, oid: str, props: dict[str, str]) -> None:
-        old = self.get(oid) or {}
-        for prop, index in self._indexes.items():
+        old = self.staged.get(oid) or {}
+        for prop, index in self._staged_owners.items():
             if old.get(prop) and index.get(normal(prop, old[prop])) == oid:
                 del index[normal(prop, old[prop])]
             if props.get(prop):
@@ -518,8 +643,10 @@ class Session:
         self.staged[oid] = props
 
     def commit(self) -> None:
-        self.live.update(self.staged)
+        changes = {oid: Tracked(props) for oid, props in self.staged.items()}
+        self.fake._store(self.kind, changes, self.serial)
         self.staged.clear()
+        self._staged_owners.clear()
 
 
 @dataclass
@@ -551,7 +678,29 @@ RAW_BODY = web.RequestKey("raw_body", bytes)  # read once by the edge, parsed by
 
 
 class FakeHubSpot:
-    """One HubSpot portal with one private app (one token, one rate limit)."""
+    """One HubSpot portal with one private app (one token, one rate limit).
+
+    Objects are found by unique value (email, case-insensitive, and ``hasUniqueValue``
+    properties) through indexes kept across requests, one per dict of objects and property, so a
+    batch costs the same against 10 contacts or 100,000. Requests and the helpers (``add_contact``,
+    ``add_company``, archive, GDPR delete, property deletion) keep them up to date.
+
+    Tests may still edit ``contacts``, ``companies``, ``archived`` and ``archived_companies``
+    between requests, and the objects in them, with the dicts' own methods: ``d[k] = v``,
+    ``del d[k]``, ``pop``, ``update``, ``setdefault``, ``clear``, ``|=``, ... . Every such edit is
+    safe, whatever property it touches, unique or not: these dicts count their edits (they are
+    ``Tracked`` dicts), and any edit makes the next lookup rebuild its index, once. Also safe:
+    putting plain dicts in by hand (``fake.contacts["7"] = {"email": ...}``, or a whole new
+    ``fake.contacts = {...}``), later edits of those included; lookups in a dict that holds any
+    then scan it once per request, as the fake did before it kept indexes. As a further guard, a
+    lookup checks what it finds against the object itself and rebuilds its index on a mismatch,
+    and an index whose dict changed size unseen is rebuilt.
+
+    Not seen: edits that go round those methods, such as ``dict.__setitem__(d, k, v)``. Call
+    ``fake.reindex()`` after such unusual edits: it drops every index, and each is built again
+    from the objects at its next use. Editing property definitions (``properties``) needs
+    nothing: the indexes hold values, whatever is defined.
+    """
 
     def __init__(
         self,
@@ -568,10 +717,10 @@ class FakeHubSpot:
         self.daily_limit = daily_limit
         self.latency = latency
         # state
-        self.contacts: dict[str, dict[str, str]] = {}
-        self.archived: dict[str, dict[str, str]] = {}
-        self.companies: dict[str, dict[str, str]] = {}
-        self.archived_companies: dict[str, dict[str, str]] = {}
+        self.contacts: dict[str, dict[str, str]] = Tracked()
+        self.archived: dict[str, dict[str, str]] = Tracked()
+        self.companies: dict[str, dict[str, str]] = Tracked()
+        self.archived_companies: dict[str, dict[str, str]] = Tracked()
         self.associations: set[tuple[str, str]] = set()  # (contact id, company id)
         self.properties = standard_properties()
         self.groups: dict[str, set[str]] = {
@@ -598,6 +747,8 @@ class FakeHubSpot:
         self.overlaps = 0
         # internals
         self._ids = itertools.count(101)
+        self._indexes: dict[tuple[str, str], UniqueIndex] = {}  # (dict of objects, property)
+        self._serials = itertools.count(1)  # of sessions
         self._window: deque[float] = deque()
         self._daily_used = 0
         self._busy: Counter[str] = Counter()
@@ -713,18 +864,79 @@ class FakeHubSpot:
     def count(self, status: int) -> int:
         return sum(1 for c in self.calls if c.status == status)
 
+    def reindex(self) -> None:
+        """Forget the unique-value indexes: each is built again from the objects at its next use.
+
+        Only needed after edits that go round the dicts' own methods (see the class docstring).
+        """
+        self._indexes.clear()
+
     def _add(self, obj_type: str, properties: dict[str, str]) -> str:
         oid = str(next(self._ids))
         now = now_iso()
         system = {"hs_object_id": oid, "createdate": now, MODIFIED[obj_type]: now}
-        self._live(obj_type)[oid] = {**properties, **system}
+        self._store(self._live_kind(obj_type), {oid: Tracked({**properties, **system})})
         return oid
+
+    @staticmethod
+    def _live_kind(obj_type: str) -> str:
+        return "contacts" if obj_type == "contacts" else "companies"
+
+    @staticmethod
+    def _archive_kind(obj_type: str) -> str:
+        return "archived" if obj_type == "contacts" else "archived_companies"
 
     def _live(self, obj_type: str) -> dict[str, dict[str, str]]:
         return self.contacts if obj_type == "contacts" else self.companies
 
     def _archive_of(self, obj_type: str) -> dict[str, dict[str, str]]:
         return self.archived if obj_type == "contacts" else self.archived_companies
+
+    # --- unique-value indexes ---
+
+    def _owner(self, kind: str, prop: str, key: str, serial: int) -> str | None:
+        """The id of the object of ``getattr(self, kind)`` whose ``prop`` is ``key`` (normal)."""
+        source: dict[str, dict[str, str]] = getattr(self, kind)
+        index = self._indexes.get((kind, prop))
+        if index is None or not index.fresh(source, serial):
+            index = self._indexes[(kind, prop)] = UniqueIndex(source, prop, serial)
+        oid = index.owners.get(key)
+        if oid is not None and not index.holds(oid, key):  # changed unseen: start again
+            index = self._indexes[(kind, prop)] = UniqueIndex(source, prop, serial)
+            oid = index.owners.get(key)
+        return oid
+
+    def _store(
+        self,
+        kind: str,
+        changes: Mapping[str, dict[str, str] | None],
+        serial: int | None = None,
+    ) -> None:
+        """Put objects into ``getattr(self, kind)`` (None: take them out), and keep its indexes.
+
+        An index that was not fresh before (or cannot follow a change) is dropped instead.
+        """
+        source: dict[str, dict[str, str]] = getattr(self, kind)
+        indexes = []
+        for (k, prop), index in list(self._indexes.items()):
+            if k != kind:
+                continue
+            if index.fresh(source, serial):
+                indexes.append(index)
+            else:
+                del self._indexes[(k, prop)]
+        for oid, new in changes.items():
+            old = source.get(oid)
+            for index in list(indexes):
+                if not index.change(oid, old, new):
+                    indexes.remove(index)
+                    del self._indexes[(kind, index.prop)]
+            if new is None:
+                dict.pop(source, oid, None)
+            else:
+                dict.__setitem__(source, oid, new)
+        for index in indexes:
+            index.size = len(source)
 
     # --- the edge: call log, failure injection, auth, rate limits, latency ---
 
@@ -900,7 +1112,7 @@ class FakeHubSpot:
                     for i in body.get("inputs") or []
                     if isinstance(i, dict)
                 ]
-        session = Session(self.contacts)
+        session = Session(self, "contacts")
         unique = ["email", *self._unique_custom("contacts")]
         touched = []
         for item in items:
@@ -1037,7 +1249,7 @@ class FakeHubSpot:
             every = [f for fs in failures for f in fs]
             # HubSpot's whole-batch answer does not say which input is at fault
             raise bad_request(invalid_message(every), errors=failure_details(every))
-        session = Session(self._live(obj_type))
+        session = Session(self, self._live_kind(obj_type))
         written: list[Written] = []
         errors: list[dict[str, Any]] = []
         for inp, fails in zip(inputs, failures, strict=True):
@@ -1262,8 +1474,9 @@ class FakeHubSpot:
         id_prop = body.get("idProperty") or "hs_object_id"
         self._check_id_property(obj_type, id_prop)
         archived = request.query.get("archived", "").lower() == "true"
-        source = self._archive_of(obj_type) if archived else self._live(obj_type)
-        session = Session(source)
+        kind = self._archive_kind(obj_type) if archived else self._live_kind(obj_type)
+        session = Session(self, kind)
+        source = session.live
         results, missing = [], []
         for ident in dict.fromkeys(inp["id"] for inp in body["inputs"]):
             oid = session.owner(id_prop, ident)
@@ -1288,23 +1501,26 @@ class FakeHubSpot:
         return web.Response(status=204)
 
     def _archive(self, obj_type: str, oid: str) -> None:
-        props = self._live(obj_type).pop(oid, None)
+        props = self._live(obj_type).get(oid)
         if props is not None:
-            props[MODIFIED[obj_type]] = now_iso()
-            self._archive_of(obj_type)[oid] = props
+            self._store(self._live_kind(obj_type), {oid: None})
+            dict.__setitem__(props, MODIFIED[obj_type], now_iso())  # not an edit by hand
+            self._store(self._archive_kind(obj_type), {oid: props})
 
     async def _gdpr_delete(self, request: web.Request) -> web.Response:
         body = self._body(request, "gdpr")
         id_prop = body.get("idProperty") or "hs_object_id"
         self._check_id_property("contacts", id_prop)
-        oid = Session(self.contacts).owner(id_prop, body["objectId"])
+        oid = Session(self, "contacts").owner(id_prop, body["objectId"])
         if oid is None and id_prop == "hs_object_id" and body["objectId"] in self.archived:
             oid = body["objectId"]
         if oid is None:
             raise Refusal(
                 404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric."
             )
-        props = self.contacts.pop(oid, None) or self.archived.pop(oid)
+        kind = "contacts" if oid in self.contacts else "archived"
+        props = getattr(self, kind)[oid]
+        self._store(kind, {oid: None})
         if props.get("email"):
             self.blocklist.add(props["email"].lower())
         self.associations = {a for a in self.associations if a[0] != oid}
@@ -1350,8 +1566,10 @@ class FakeHubSpot:
         id_prop = request.query.get("idProperty") or "hs_object_id"
         self._check_id_property(obj_type, id_prop)
         archived = request.query.get("archived", "").lower() == "true"
-        source = self._archive_of(obj_type) if archived else self._live(obj_type)
-        oid = Session(source).owner(id_prop, request.match_info["oid"])
+        kind = self._archive_kind(obj_type) if archived else self._live_kind(obj_type)
+        session = Session(self, kind)
+        source = session.live
+        oid = session.owner(id_prop, request.match_info["oid"])
         if oid is None:
             raise Refusal(
                 404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric."
@@ -1556,6 +1774,8 @@ class FakeHubSpot:
         if not prop["modificationMetadata"]["archivable"]:
             raise bad_request(f"Property {prop['name']} cannot be archived")
         del self.properties[obj_type][prop["name"]]
+        for kind in (self._live_kind(obj_type), self._archive_kind(obj_type)):
+            self._indexes.pop((kind, prop["name"]), None)  # the values stay, unindexed
         return web.Response(status=204)
 
     def _group(self, obj_type: str, name: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from hubspot.crm.contacts.exceptions import ApiException
 from hubspot.crm.properties import OptionInput, PropertyCreate, PropertyGroupCreate, PropertyUpdate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesError
 
+from tests import fake_hubspot
 from tests.fake_hubspot import FakeHubSpot
 
 MIMEEQ = "mimeeq_contact_id"
@@ -720,3 +721,153 @@ async def test_calls_and_writes_are_recorded(fake: FakeHubSpot, hs: HubSpot) -> 
     assert started <= upsert_call.at <= read_call.at
     assert fake.writes() == [upsert_call]
     assert fake.count(200) == 3
+
+
+# --- unique-value indexes (kept across requests) ---
+
+
+async def id_of(
+    hs: HubSpot, value: str, prop: str = MIMEEQ, *, archived: bool = False
+) -> str | None:
+    """The id of the contact whose ``prop`` is ``value``, read through the API (None: none)."""
+    answer = await hs(
+        hs.contacts.read, read(value, properties=[], id_property=prop), archived=archived
+    )
+    return answer.results[0].id if answer.results else None
+
+
+async def test_edits_by_hand_between_requests_are_seen(fake: FakeHubSpot, hs: HubSpot) -> None:
+    a = fake.add_contact(email="a@example.com", **{MIMEEQ: "A"})
+    b = fake.add_contact(email="b@example.com")
+    assert await id_of(hs, "A") == a  # the indexes exist from here on
+    assert await id_of(hs, "B@example.com", "email") == b
+
+    fake.contacts[b][MIMEEQ] = "B"  # a unique value set by hand
+    fake.contacts[a]["email"] = "new-a@example.com"  # and an email changed
+    assert await id_of(hs, "B") == b
+    assert await id_of(hs, "NEW-A@example.com", "email") == a
+    assert await id_of(hs, "a@example.com", "email") is None
+
+    # a contact put in by hand, as a plain dict
+    fake.contacts["7"] = {"hs_object_id": "7", "email": "c@example.com", MIMEEQ: "C"}
+    assert await id_of(hs, "C") == "7"
+    fake.contacts["7"][MIMEEQ] = "C2"  # edits of it are seen too
+    assert await id_of(hs, "C2") == "7" and await id_of(hs, "C") is None
+
+    fake.contacts[a] = {**fake.contacts[a], MIMEEQ: "A2"}  # a whole object replaced
+    assert await id_of(hs, "A2") == a and await id_of(hs, "A") is None
+    del fake.contacts[b]
+    assert await id_of(hs, "B") is None
+
+    answer = await hs(hs.contacts.upsert, upsert(("A2", {"city": "x"}), ("B", {"city": "y"})))
+    assert [(r.id == a, r.new) for r in answer.results] == [(True, False), (False, True)]
+    assert fake.contacts[a]["city"] == "x"
+
+
+async def test_a_refused_batch_changes_no_index(fake: FakeHubSpot, hs: HubSpot) -> None:
+    a = fake.add_contact(email="a@example.com", **{MIMEEQ: "A"})
+    fake.add_contact(email="b@example.com", **{MIMEEQ: "B"})
+    assert await id_of(hs, "A") == a
+    with pytest.raises(ApiException) as caught:
+        await hs(
+            hs.contacts.upsert,
+            upsert(
+                ("NEW", {"email": "new@example.com"}),
+                ("A", {"email": "x@example.com"}),
+                ("X", {"email": "B@example.com"}),  # B's: a 409
+            ),
+        )
+    assert caught.value.status == 409
+    fake.validation_mode = "400"
+    with pytest.raises(ApiException) as caught:
+        await hs(
+            hs.contacts.upsert,
+            upsert(("NEW", {"email": "new@example.com"}), ("Y", {"email": "not an email"})),
+        )
+    assert caught.value.status == 400
+
+    assert await id_of(hs, "NEW") is None
+    assert await id_of(hs, "new@example.com", "email") is None
+    assert await id_of(hs, "x@example.com", "email") is None
+    assert await id_of(hs, "a@example.com", "email") == a
+    answer = await hs(hs.contacts.upsert, upsert(("NEW", {"email": "new@example.com"})))
+    assert answer.results[0].new is True
+
+
+async def test_a_batch_sees_its_own_changes_others_once_committed(
+    fake: FakeHubSpot, hs: HubSpot
+) -> None:
+    a = fake.add_contact(email="a@example.com", **{MIMEEQ: "A"})
+    assert await id_of(hs, "a@example.com", "email") == a
+    # A gives up its email and a new contact takes it, in one batch
+    answer = await hs(
+        hs.contacts.upsert,
+        upsert(("A", {"email": "x@example.com"}), ("Z", {"email": "A@example.com"})),
+    )
+    z = answer.results[1].id
+    assert [r.new for r in answer.results] == [False, True]
+    assert await id_of(hs, "a@example.com", "email") == z
+    assert await id_of(hs, "x@example.com", "email") == a
+    assert await id_of(hs, "Z") == z
+
+
+async def test_shared_values_resolve_as_a_scan_would(fake: FakeHubSpot, hs: HubSpot) -> None:
+    first = fake.add_contact(email="dup@example.com")  # add_contact does not validate
+    second = fake.add_contact(email="DUP@example.com")
+    assert await id_of(hs, "dup@example.com", "email") == second  # the last one
+    await hs(hs.contacts.archive, {"inputs": [{"id": second}]})
+    assert await id_of(hs, "dup@example.com", "email") == first
+    assert await id_of(hs, "dup@example.com", "email", archived=True) == second
+    await hs(hs.contacts.archive, {"inputs": [{"id": first}]})
+    assert await id_of(hs, "dup@example.com", "email") is None
+    assert await id_of(hs, "dup@example.com", "email", archived=True) == first  # last archived
+
+
+async def test_reindex_after_edits_that_go_round_the_dicts(fake: FakeHubSpot, hs: HubSpot) -> None:
+    a = fake.add_contact(**{MIMEEQ: "A"})
+    assert await id_of(hs, "A") == a
+    dict.__setitem__(fake.contacts[a], MIMEEQ, "A2")  # not counted as an edit
+    fake.reindex()
+    assert await id_of(hs, "A2") == a and await id_of(hs, "A") is None
+
+
+async def test_deleting_and_recreating_a_unique_property(fake: FakeHubSpot, hs: HubSpot) -> None:
+    a = fake.add_contact(**{MIMEEQ: "A"})
+    assert await id_of(hs, "A") == a
+    await hs(hs.properties.archive, "contacts", MIMEEQ)
+    with pytest.raises(ApiException):
+        await id_of(hs, "A")
+    fake.add_property(MIMEEQ, unique=True)
+    assert await id_of(hs, "A") == a  # the values stayed
+
+
+async def test_indexes_are_built_once_and_kept(
+    fake: FakeHubSpot, hs: HubSpot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(50):
+        fake.add_contact(email=f"c{n}@example.com", **{MIMEEQ: f"C{n}"})
+    await hs(hs.contacts.upsert, upsert(("C1", {"city": "x"}), ("NEW", {"email": "n@example.com"})))
+    built: list[str] = []
+    build = fake_hubspot.UniqueIndex.__init__
+
+    def counted(self: Any, source: Any, prop: str, serial: int) -> None:
+        built.append(prop)
+        build(self, source, prop, serial)
+
+    monkeypatch.setattr(fake_hubspot.UniqueIndex, "__init__", counted)
+    await hs(
+        hs.contacts.upsert,
+        upsert(("C2", {"email": "c2-new@example.com"}), ("NEW2", {"email": "n2@example.com"})),
+    )
+    found = fake.find(MIMEEQ, "C3")
+    assert found is not None
+    await hs(hs.contacts.archive, {"inputs": [{"id": found[0]}]})
+    d = fake.add_contact(email="d@example.com", **{MIMEEQ: "D"})
+    assert await id_of(hs, "D") == d and await id_of(hs, "C3") is None
+    assert await id_of(hs, "C2@example.com", "email") is None
+    assert await id_of(hs, "c2-new@example.com", "email") == await id_of(hs, "C2")
+    assert built == []
+
+    fake.contacts[d]["city"] = "edited by hand"  # any edit: each index is built again, once
+    assert await id_of(hs, "D") == d and await id_of(hs, "C4") is not None
+    assert built == [MIMEEQ]

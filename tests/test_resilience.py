@@ -80,21 +80,23 @@ async def test_sigkill_at_random_moments_loses_nothing(
     server.start()
     versions = 10
     rng = random.Random(7)
-    sent = asyncio.Event()
+    acked = 0
+    # Kill at random moments, at least once in each fifth of the burst.
+    kill_at = sorted(rng.randint(k * 600, k * 600 + 500) for k in range(5))
     kills = 0
 
     async def killer() -> None:
         nonlocal kills
-        while not sent.is_set():
-            await asyncio.sleep(rng.uniform(0.1, 0.6))
-            if sent.is_set():
-                break
+        for mark in kill_at:
+            while acked < mark:
+                await asyncio.sleep(0.005)
             server.kill()
             kills += 1
-            await asyncio.sleep(rng.uniform(0.0, 0.5))
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
             await asyncio.to_thread(server.start)
 
     async def one_contact(http: aiohttp.ClientSession, n: int) -> None:
+        nonlocal acked
         for version in range(1, versions + 1):
             if version == versions and n % 7 == 0:
                 await post_until_accepted(http, lambda: server.url, "contact-deleted", deleted(n))
@@ -102,13 +104,13 @@ async def test_sigkill_at_random_moments_loses_nothing(
                 event = "contact-created" if version == 1 else "contact-updated"
                 body = contact(n, lastName=f"v{version}")
                 await post_until_accepted(http, lambda: server.url, event, body)
+            acked += 1
 
     killing = asyncio.create_task(killer())
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=60)) as http:
         await asyncio.gather(*(one_contact(http, n) for n in range(300)))
-    sent.set()
     await killing
-    assert kills >= 2
+    assert kills == 5
     await drained(tmp_path / "connector.db", timeout=60)
     assert server.stop() == 0
 

@@ -49,7 +49,7 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE events (
         seq         INTEGER PRIMARY KEY,
-        event_id    TEXT NOT NULL UNIQUE,
+        event_id    TEXT NOT NULL,  -- random: no index needed to keep it unique
         tenant      TEXT NOT NULL,
         contact_id  TEXT NOT NULL,
         event_type  TEXT NOT NULL,
