@@ -218,14 +218,14 @@ async def test_committed_events_survive_a_reopen(tmp_path: Path) -> None:
 
 async def test_concurrent_appends_share_commits(store: SQLiteStore) -> None:
     commits = 0
-    run_batch = store._run_batch
+    transaction = store._transaction
 
-    def counting(conn, batch):
+    async def counting(batch):
         nonlocal commits
         commits += 1
-        return run_batch(conn, batch)
+        return await transaction(batch)
 
-    store._run_batch = counting
+    store._transaction = counting
     await asyncio.gather(*(store.append(event(f"c{n}")) for n in range(500)))
     assert commits < 100
 
@@ -402,3 +402,26 @@ async def test_queued_tells_which_contacts_wait(store: Store) -> None:
     await store.append(event("c1"))
     await store.append(event("c2"))
     assert await store.queued(T, ["c1", "c3"]) == {"c1"}
+
+
+async def test_another_writer_is_waited_for_without_blocking_the_loop(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. an import running in another process
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    appending = asyncio.create_task(store.append(event("c1")))
+    await asyncio.sleep(0.3)
+    assert not appending.done() and ticks >= 15  # waiting, and the loop still runs
+    other.execute("COMMIT")
+    assert (await appending).status == "queued"
+    ticking.cancel()
+    other.close()

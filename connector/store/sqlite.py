@@ -1,9 +1,13 @@
-"""The embedded store: one SQLite file in WAL mode, written by one thread with group commit.
+"""The embedded store: one SQLite file in WAL mode, written with group commit.
 
-Every operation is a function run on a dedicated thread that owns the connection. The thread takes
-whatever operations queued up while the previous commit was syncing and runs them all in ONE
-transaction, so a hundred concurrent webhooks share one fsync instead of paying one each. A
-caller's future resolves only after the commit is on disk (``synchronous=FULL``).
+Every operation is a function of the connection. One writer task takes whatever operations queued
+up while the previous commit was syncing and runs them all in ONE transaction, so a hundred
+concurrent webhooks share one fsync instead of paying one each; a caller's future resolves only
+after the commit is on disk (``synchronous=FULL``).
+
+The statements of a group run on the event loop: they take microseconds, and a thread would spend
+more than that waiting for the GIL after every SQLite call. Only what waits on the disk runs in
+a thread: the commit (an fsync), and the operators' scans (``HEAVY``).
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import queue
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
@@ -80,9 +84,9 @@ MIGRATIONS: list[str] = [
         last_error      TEXT,
         first_failed_at REAL
     );
-    CREATE UNIQUE INDEX queue_by_contact ON queue (target, contact_id);
+    -- Contact first: it also finds every target's row of one contact (prune, trace, replay).
+    CREATE UNIQUE INDEX queue_by_contact ON queue (contact_id, target);
     CREATE INDEX queue_by_due ON queue (target, due_at);
-    CREATE INDEX queue_by_seq ON queue (last_seq);
 
     CREATE TABLE links (
         target     TEXT NOT NULL,
@@ -239,6 +243,8 @@ class SQLiteStore(Store):
     max_group = 1000  # operations per transaction at most
 
     prune_slice = 2000  # rows deleted per transaction by prune()
+    checkpoint_every = 0.5  # seconds between two WAL checkpoints of a serving process
+    cache_mb = 64  # SQLite's page cache of the writer connection
 
     def __init__(
         self, path: Path, *, exclusive: bool = False, dedupe_window: float = 86_400.0
@@ -246,10 +252,13 @@ class SQLiteStore(Store):
         self.path = path
         self.exclusive = exclusive
         self.dedupe_window = dedupe_window
-        self._ops: queue.SimpleQueue[Operation | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ops: asyncio.Queue[Operation | None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._disk: ThreadPoolExecutor | None = None  # commits and scans: they wait on the disk
         self._lock_file: IO[bytes] | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -257,13 +266,21 @@ class SQLiteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.exclusive:
             self._take_lock()
-        self._loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name=f"sqlite:{self.path.name}", daemon=True
-        )
-        self._thread.start()
-        await ready
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(self._disk, self._connect)
+        except BaseException:
+            await self.close()
+            raise
+        self._ops = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_forever(), name=f"sqlite:{self.path.name}")
+        if self.exclusive:  # the serving process keeps the WAL short, off the commit path
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_forever, name=f"sqlite-checkpoint:{self.path.name}",
+                daemon=True,
+            )  # fmt: skip
+            self._checkpointer.start()
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -279,95 +296,129 @@ class SQLiteStore(Store):
             ) from None
 
     async def close(self) -> None:
-        if self._thread is not None:
-            self._ops.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        if self._writer is not None and self._ops is not None:
+            self._ops.put_nowait(None)  # after everything queued before it
+            await self._writer
+            self._writer = None
+        if self._checkpointer is not None:
+            self._closing.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._disk is not None:
+            self._disk.shutdown()
+            self._disk = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
 
+    def _checkpoint_forever(self) -> None:
+        """Copy the WAL into the database now and then, so commits never wait for that copy.
+
+        PASSIVE never blocks the writer; once a pass has copied everything, the next commit
+        starts the WAL over from its beginning, so it stays small.
+        """
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        try:
+            while not self._closing.wait(self.checkpoint_every):
+                with contextlib.suppress(sqlite3.OperationalError):  # busy: next time
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")  # a commit is on disk before the 202
-        conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA foreign_keys = OFF")
+        # Index pages of random keys (contacts, digests) stay in memory instead of being read
+        # back from the file at every webhook.
+        conn.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
+        if self.exclusive:  # the checkpoint thread copies the WAL back; commits do not
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
+        # From here on a busy database (another process writing) is waited for asynchronously.
+        conn.execute("PRAGMA busy_timeout = 0")
         return conn
 
-    def _serve(self, ready: asyncio.Future[None]) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        opened: Settled = (ready, None, None)
-        try:
-            conn = self._connect()
-        except Exception as exc:  # reported to open()'s caller
-            opened = (ready, None, exc)
-        loop.call_soon_threadsafe(_settle, [opened])
-        if opened[2] is not None:
-            return
-        try:
-            while True:
-                first = self._ops.get()
-                if first is None:
-                    return
-                batch = [first]
-                while len(batch) < self.max_group:
-                    try:
-                        op = self._ops.get_nowait()
-                    except queue.Empty:
-                        break
-                    if op is None:
-                        self._ops.put(None)  # finish this batch, then stop
-                        break
-                    batch.append(op)
-                loop.call_soon_threadsafe(_settle, self._run_batch(conn, batch))
-        finally:
-            conn.close()
+    async def _write_forever(self) -> None:
+        assert self._ops is not None
+        while True:
+            first = await self._ops.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_group and not self._ops.empty():
+                op = self._ops.get_nowait()
+                if op is None:
+                    stop = True  # finish this group, then stop
+                    break
+                batch.append(op)
+            _settle(await self._run_group(batch))
+            if stop:
+                return
 
-    @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[Operation]) -> list[Settled]:
+    async def _run_group(self, batch: list[Operation]) -> list[Settled]:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            # Appends (the receiver's webhooks) are stored together in a few statements.
-            appends = [(args, fut) for fn, args, fut in batch if fn is _append]
-            results: list[Settled] = []
-            if appends:
-                accepted = _append_many(conn, [args for args, _ in appends])
-                results = [(fut, a, None) for (_, fut), a in zip(appends, accepted, strict=True)]
-            results += [
-                (fut, fn(conn, *args), None) for fn, args, fut in batch if fn is not _append
-            ]
-            conn.execute("COMMIT")
-            return results
-        except Exception:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            return await self._transaction(batch)
+        except Exception:  # noqa: S110 - retried one by one below
+            pass
         # One operation failed: run each alone so the others still commit.
         settled: list[Settled] = []
-        for fn, args, fut in batch:
+        for op in batch:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                value = fn(conn, *args)
-                conn.execute("COMMIT")
-                settled.append((fut, value, None))
+                settled += await self._transaction([op])
             except Exception as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                settled.append((fut, None, exc))
+                settled.append((op[2], None, exc))
         return settled
 
+    async def _transaction(self, batch: list[Operation]) -> list[Settled]:
+        conn, loop = self._conn, asyncio.get_running_loop()
+        assert conn is not None
+        await self._begin(conn)
+        try:
+            if any(fn in HEAVY for fn, _, _ in batch):
+                results = await loop.run_in_executor(self._disk, _execute, conn, batch)
+            else:
+                results = _execute(conn, batch)
+            await loop.run_in_executor(self._disk, conn.execute, "COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    async def _begin(conn: sqlite3.Connection) -> None:
+        """Take the write lock; while another process holds it, wait without blocking the loop."""
+        delay = 0.001
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` on the writer thread, in the next group transaction."""
-        if self._thread is None or self._loop is None:
+        """Run ``fn(conn, *args)`` in the next group transaction."""
+        if self._ops is None or self._writer is None:
             raise RuntimeError("store is not open")
-        fut: asyncio.Future[T] = self._loop.create_future()
-        self._ops.put((fn, args, fut))
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._ops.put_nowait((fn, args, fut))
         return await fut
 
     # --- operations ------------------------------------------------------------------------------
@@ -452,6 +503,17 @@ class SQLiteStore(Store):
 
     async def ping(self) -> None:
         await self._call(_scalar, "SELECT 1", ())
+
+
+def _execute(conn: sqlite3.Connection, batch: list[Operation]) -> list[Settled]:
+    """Run a group's operations in the open transaction; appends together in a few statements."""
+    appends = [(args, fut) for fn, args, fut in batch if fn is _append]
+    results: list[Settled] = []
+    if appends:
+        accepted = _append_many(conn, [args for args, _ in appends])
+        results = [(fut, a, None) for (_, fut), a in zip(appends, accepted, strict=True)]
+    results += [(fut, fn(conn, *args), None) for fn, args, fut in batch if fn is not _append]
+    return results
 
 
 def _settle(results: list[Settled]) -> None:
@@ -700,7 +762,8 @@ Q_REQUEUE = """
 Q_PRUNE_EVENTS = """
     DELETE FROM events WHERE seq IN (
         SELECT e.seq FROM events e WHERE e.received_at < ?
-        AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.last_seq = e.seq)
+        AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.contact_id = e.contact_id
+                        AND q.last_seq = e.seq)
         AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = e.seq AND d.replayed_at IS NULL)
         ORDER BY e.seq LIMIT ?)"""
 Q_PRUNE_ATTEMPTS = """
@@ -849,6 +912,12 @@ def _prune_slice(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[i
     events = conn.execute(Q_PRUNE_EVENTS, (cutoff, limit)).rowcount
     attempts = conn.execute(Q_PRUNE_ATTEMPTS, (cutoff, limit)).rowcount
     return events, attempts
+
+
+# Operations that scan whole tables: run in a thread, so the event loop keeps serving meanwhile.
+HEAVY: frozenset[Callable[..., Any]] = frozenset(
+    {_status, _dead_letters, _replay, _purge, _trace, _prune_slice}
+)
 
 
 def remove_database(path: Path) -> None:
