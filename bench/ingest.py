@@ -251,9 +251,11 @@ def main() -> None:
         try:
             for port in servers.values():
                 wait_for_port(port)
-            # Steady traffic first, on a fresh server that delivers as it goes.
+            # Steady traffic first, on a fresh server that delivers as it goes (after a short
+            # warm-up: the first requests pay for imports and caches).
             print(f"fixed rate {args.rate:g}/s for {args.seconds} s (target draining)...",
                   flush=True)  # fmt: skip
+            load_in_child(f"http://127.0.0.1:{draining_port}", 5, args.connections, args.rate)
             paced = load_in_child(f"http://127.0.0.1:{draining_port}", args.seconds,
                                   args.connections, args.rate)  # fmt: skip
             for round_ in range(1, args.rounds + 1):
@@ -265,6 +267,8 @@ def main() -> None:
                     else:
                         result = load_in_child(url, args.seconds, args.connections, None)
                     runs[name].append(result)
+                    if name == "draining":  # let it catch up: an idle server for the others
+                        _wait_drained(draining_db)
                     print(f"round {round_}: {name:<9} {result['rps']:8.0f} req/s  "
                           f"p99 {result['p99']:.1f} ms", flush=True)  # fmt: skip
         finally:
@@ -313,6 +317,15 @@ def main() -> None:
           " ms (target p99 <= 20 ms)")  # fmt: skip
     print(f"{figures['accepted']} webhooks answered 202, {lost} of them missing from the store")
     print(json.dumps(figures))
+
+
+def _wait_drained(db: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db, timeout=30) as conn:
+            if not conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]:
+                return
+        time.sleep(0.5)
 
 
 def _stored(db: Path) -> int:
