@@ -54,6 +54,7 @@ from connector.targets import (
     Record,
     Retry,
     TargetContext,
+    TargetReporter,
     TargetSettings,
 )
 
@@ -148,8 +149,11 @@ class HubSpotApi:
     transient_attempts = 3  # tries of one call on a 5xx or a connection error
     max_throttled = 5  # 429s waited out within one call before giving up for now
 
-    def __init__(self, settings: HubSpotSettings, workers: int) -> None:
+    def __init__(
+        self, settings: HubSpotSettings, workers: int, report: TargetReporter | None = None
+    ) -> None:
         self.settings = settings
+        self.report = report or TargetReporter()
         token = settings.access_token.get_secret_value()
         # `retry=0`: urllib3 never retries on its own (POSTs are not idempotent to it anyway).
         client = hubspot.Client.create(
@@ -192,7 +196,7 @@ class HubSpotApi:
 
     async def _call_waiting_out_429(self, fn: Callable[..., Any], *args: Any) -> Answer:
         for _ in range(self.max_throttled):
-            await self.limiter.acquire()
+            self.report.rate_wait(await self.limiter.acquire())
             answer = await self._send(fn, *args)
             if answer.status == 429:
                 policy = answer.body.get("policyName") if isinstance(answer.body, dict) else None
@@ -227,7 +231,9 @@ class HubSpotApi:
 
     async def _send(self, fn: Callable[..., Any], *args: Any) -> Answer:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         answer = await loop.run_in_executor(self._executor, self._blocking_send, fn, args)
+        self.report.request(answer.status, time.monotonic() - started)
         headers = answer.headers
         self.limiter.observe(
             remaining=_int(_header(headers, "X-HubSpot-RateLimit-Remaining")),
@@ -302,7 +308,9 @@ class HubSpotAdapter(Adapter):
         if not isinstance(settings, HubSpotSettings):
             raise TypeError(f"HubSpotAdapter needs HubSpotSettings, got {type(settings).__name__}")
         super().__init__(settings, context)
-        self.api = HubSpotApi(settings, workers=(settings.concurrency or 4) + 2)
+        self.api = HubSpotApi(
+            settings, workers=(settings.concurrency or 4) + 2, report=context.report
+        )
         self._options: dict[str, set[str] | None] = {}  # auto_options property -> known options
         self._options_lock = asyncio.Lock()
         self._companies: dict[str, tuple[str | None, float]] = {}  # company id -> (HubSpot id, at)

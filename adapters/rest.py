@@ -865,14 +865,18 @@ class RestAdapter(Adapter):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exchange(self, request: httpx.Request, allow: Collection[int]) -> httpx.Response:
+        report = self.context.report
         async with self._slots:
             if self._limiter is not None:
-                await self._limiter.acquire()
+                report.rate_wait(await self._limiter.acquire())
+            started = time.monotonic()
             try:
                 answer = await self.client.send(request)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                report.request("error", time.monotonic() - started)
                 raise _Transient(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         status = answer.status_code
+        report.request(status, time.monotonic() - started)
         # Try again at once unless the target said when (Retry-After) or to slow down (429).
         if (
             status not in allow

@@ -19,6 +19,7 @@ import orjson
 
 from connector.config import Target
 from connector.errors import PermanentError, RecordMappingError, RetryableError, TargetPaused
+from connector.metrics import Metrics
 from connector.observability import get_logger
 from connector.store.base import Claim, ClaimedItem, Result, Store
 from connector.targets import Adapter, Dead, Delivered, Outcome, Record, Retry
@@ -38,10 +39,13 @@ def backoff_delay(failures: int, initial: float, cap: float) -> float:
 
 
 class TargetWorker:
-    def __init__(self, target: Target, adapter: Adapter, store: Store) -> None:
+    def __init__(
+        self, target: Target, adapter: Adapter, store: Store, metrics: Metrics | None = None
+    ) -> None:
         self.target = target
         self.adapter = adapter
         self.store = store
+        self.metrics = metrics
         settings = target.settings
         self.key = target.key
         self.batch_size = min(settings.batch_size or adapter.max_batch_size, adapter.max_batch_size)
@@ -85,6 +89,7 @@ class TargetWorker:
                 await lane
         for claim in self._inflight.values():  # hand them back: the next run pushes them again
             await self.store.complete(claim, [Result(i.contact_id, "release") for i in claim.items])
+            self._count("released", len(claim.items))
         if late:
             self._log.warning("stopped with pushes unfinished", unfinished=len(late))
 
@@ -265,13 +270,20 @@ class TargetWorker:
                     reason=result.error,
                 )
         self._log.info("batch pushed", **counts)
+        for kind, n in counts.items():
+            self._count(kind, n)
         return results
+
+    def _count(self, outcome: str, n: int) -> None:
+        if self.metrics is not None and n:
+            self.metrics.deliveries.labels(self.target.tenant, self.target.name, outcome).inc(n)
 
     async def _pause(self, claim: Claim, reason: str, until: float | None) -> list[Result]:
         self.paused_until = until if until is not None else time.time() + PROBE_INTERVAL
         self.paused_reason, self.paused_by = reason, "target"
         await self.store.set_paused(self.key, reason, self.paused_until)
         self._log.error("target paused", reason=reason, until=until)
+        self._count("released", len(claim.items))
         return [
             Result(item.contact_id, "release", due_at=self.paused_until) for item in claim.items
         ]

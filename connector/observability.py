@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import structlog
 
-EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+# Anything shaped like an address, valid or not: a CRM's "invalid e-mail" message repeats it.
+EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@+([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
 # Seven or more digits, possibly split by spaces, dots, dashes or brackets, optionally with a +.
 PHONE = re.compile(r"(?<![\w-])\+?\(?\d(?:[\s().-]*\d){6,}(?![\w-])")
 

@@ -24,10 +24,13 @@ class RateLimiter:
         self._starts: collections.deque[float] = collections.deque()
         self._held_until = 0.0
         self._lock = asyncio.Lock()
-        self.waited = 0.0  # seconds callers spent waiting, for metrics and benchmarks
 
-    async def acquire(self) -> None:
-        """Wait for a free slot in the window, then take it. Waiters are served in order."""
+    async def acquire(self) -> float:
+        """Wait for a free slot in the window, then take it; return the seconds waited.
+
+        Waiters are served in order.
+        """
+        started = time.monotonic()
         async with self._lock:
             while True:
                 now = time.monotonic()
@@ -38,8 +41,7 @@ class RateLimiter:
                     wait = max(wait, self._starts[0] + self.window - now)
                 if wait <= 0:
                     self._starts.append(now)
-                    return
-                self.waited += wait
+                    return now - started
                 await asyncio.sleep(wait)
 
     def hold(self, seconds: float) -> None:

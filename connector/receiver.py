@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from connector.config import Tenant
@@ -67,40 +68,57 @@ class Receiver:
         self.service = service
 
     async def webhook(self, request: web.Request) -> web.Response:
+        tenant = self.service.config.tenants.get(request.match_info["tenant"])
+        event = request.match_info["event"]
+        response, outcome = await self._webhook(request, tenant, event)
+        # Labels a caller cannot invent: a configured tenant, a Mimeeq event name.
+        self.service.metrics.events.labels(
+            tenant.slug if tenant else "unknown",
+            event if event in CONTACT_EVENTS or event in OTHER_EVENTS else "unknown",
+            outcome,
+        ).inc()
+        return response
+
+    async def _webhook(
+        self, request: web.Request, tenant: Tenant | None, event: str
+    ) -> tuple[web.Response, str]:
         service = self.service
-        tenant = service.config.tenants.get(request.match_info["tenant"])
         if not authorized(tenant, request.headers):
-            return error(401, "missing or invalid authentication header")
+            return error(401, "missing or invalid authentication header"), "unauthorized"
         assert tenant is not None
         if not service.accepting:
-            return error(503, "the connector is shutting down; retry shortly")
-        event = request.match_info["event"]
+            return error(503, "the connector is shutting down; retry shortly"), "unavailable"
         if event in OTHER_EVENTS:
-            return json_response(202, {"eventId": None, "status": "ignored"})
+            return json_response(202, {"eventId": None, "status": "ignored"}), "ignored"
         op = CONTACT_EVENTS.get(event)
         if op is None:
-            return error(404, f"unknown event {event!r}", events=sorted(CONTACT_EVENTS))
+            refusal = error(404, f"unknown event {event!r}", events=sorted(CONTACT_EVENTS))
+            return refusal, "unknown_event"
 
         limit = service.config.server.max_body_bytes
+        too_large = error(413, f"body is larger than {limit} bytes"), "too_large"
         if request.content_length is not None and request.content_length > limit:
-            return error(413, f"body is larger than {limit} bytes")
+            return too_large
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error(413, f"body is larger than {limit} bytes")
+            return too_large
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return error(400, f"body is not valid JSON: {exc}")
+            return self._invalid(tenant, event, 400, f"body is not valid JSON: {exc}")
         if not isinstance(data, dict):
-            return error(400, f"body must be a JSON object, got {_json_type(data)}")
+            return self._invalid(
+                tenant, event, 400, f"body must be a JSON object, got {_json_type(data)}"
+            )
         try:
             payload = PAYLOAD_MODELS[event].model_validate(data)
         except ValidationError as exc:
             field, summary = describe(exc)
-            return error(422, f"invalid {event} payload: {summary}", field=field)
+            return self._invalid(tenant, event, 422, f"invalid {event} payload: {summary}", field)
         if payload.customerId != tenant.customer_id:
-            return error(422, "customerId is not this tenant's Mimeeq customer", field="customerId")
+            message = "customerId is not this tenant's Mimeeq customer"
+            return self._invalid(tenant, event, 422, message, "customerId")
 
         targets = tuple(t.key for t in tenant.targets.values() if t.settings.enabled)
         accepted = await service.store.append(
@@ -119,7 +137,21 @@ class Receiver:
         answer = {"eventId": accepted.event_id, "status": accepted.status}
         if accepted.reason:
             answer["reason"] = accepted.reason
-        return json_response(202, answer)
+        return json_response(202, answer), accepted.status
+
+    @staticmethod
+    def _invalid(
+        tenant: Tenant, event: str, status: int, message: str, field: str | None = None
+    ) -> tuple[web.Response, str]:
+        """A payload Mimeeq should not have sent: refused, and worth a line in the log."""
+        log.info("webhook refused", tenant=tenant.slug, event_type=event, status=status,
+                 error=message)  # fmt: skip
+        extra = {"field": field} if field else {}
+        return error(status, message, **extra), "invalid"
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await self.service.render_metrics()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(200, {"status": "ok"})
@@ -142,8 +174,9 @@ def create_app(service: Service) -> web.Application:
     app.router.add_post("/webhooks/{tenant}/{event}", receiver.webhook)
     app.router.add_get("/healthz", receiver.healthz)
     app.router.add_get("/readyz", receiver.readyz)
+    app.router.add_get("/metrics", receiver.metrics)
     # Anything else gets a JSON error too (routes, unlike a middleware, cost the hot path nothing).
-    for path in ("/webhooks/{tenant}/{event}", "/healthz", "/readyz"):
+    for path in ("/webhooks/{tenant}/{event}", "/healthz", "/readyz", "/metrics"):
         app.router.add_route("*", path, _method_not_allowed)
     app.router.add_route("*", "/{path:.*}", _not_found)
     return app

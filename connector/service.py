@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import time
 
 from aiohttp import web
 
-from connector.config import Config
+from connector.config import Config, Target, load_config
 from connector.delivery import TargetWorker
+from connector.errors import ConfigError
+from connector.metrics import Metrics, MetricsReporter
 from connector.observability import get_logger
 from connector.receiver import create_app
 from connector.store import open_store
-from connector.store.base import Store
-from connector.targets import Adapter, TargetContext
+from connector.store.base import Store, TargetStatus
+from connector.targets import TargetContext
 
 log = get_logger("connector.service")
 
 PRUNE_EVERY = 3600.0  # seconds between two retention passes
+GAUGES_MAX_AGE = 5.0  # seconds a scrape may reuse the queue figures of the one before
 
 
 class Service:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         self.store = store or open_store(config, exclusive=True)
+        self.metrics = Metrics()
         self.workers: dict[str, TargetWorker] = {}
-        self.adapters: list[Adapter] = []
         self.accepting = False
-        self._by_tenant: dict[str, list[TargetWorker]] = {}
         self._runner: web.AppRunner | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._gauges_at = 0.0
+        self._reloading = asyncio.Lock()
         self.port: int | None = None
 
     def notify(self, tenant: str) -> None:
         """New events for ``tenant``: wake its workers."""
-        for worker in self._by_tenant.get(tenant, ()):
-            worker.notify()
+        for worker in self.workers.values():
+            if worker.target.tenant == tenant:
+                worker.notify()
 
     async def readiness_problem(self) -> str | None:
         if not self.accepting:
@@ -50,23 +56,25 @@ class Service:
             return f"store unreachable: {type(exc).__name__}"
         return None
 
+    async def render_metrics(self) -> bytes:
+        if time.monotonic() - self._gauges_at > GAUGES_MAX_AGE:
+            self._gauges_at = time.monotonic()
+            found = {s.target: s for s in await self.store.status()}
+            empty = TargetStatus("", 0, 0, 0, 0, None, None, None)
+            self.metrics.set_queue(
+                [found.get(key) or dataclasses.replace(empty, target=key) for key in self.workers]
+                + [s for key, s in found.items() if key not in self.workers]
+            )
+        return self.metrics.render()
+
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         await self.store.open()
         released = await self.store.recover()
         if released:
             log.info("released claims left by an earlier run", claims=released)
         for target in self.config.targets:
-            if not target.settings.enabled:
-                continue
-            adapter = target.adapter(
-                target.settings, TargetContext(target.tenant, target.name, target.mapping)
-            )
-            await adapter.open()
-            self.adapters.append(adapter)
-            worker = TargetWorker(target, adapter, self.store)
-            self.workers[target.key] = worker
-            self._by_tenant.setdefault(target.tenant, []).append(worker)
-            worker.start()
+            if target.settings.enabled:
+                await self._start_worker(target)
 
         server = self.config.server
         self._runner = web.AppRunner(
@@ -93,6 +101,23 @@ class Service:
             targets=len(self.workers),
         )
 
+    async def _start_worker(self, target: Target) -> None:
+        report = MetricsReporter(self.metrics, target.tenant, target.name)
+        context = TargetContext(target.tenant, target.name, target.mapping, report)
+        adapter = target.adapter(target.settings, context)
+        await adapter.open()
+        worker = TargetWorker(target, adapter, self.store, self.metrics)
+        self.workers[target.key] = worker
+        worker.start()
+
+    async def _stop_worker(self, key: str, grace: float) -> None:
+        worker = self.workers.pop(key)
+        await worker.stop(grace)
+        try:
+            await worker.adapter.close()
+        except Exception:
+            log.exception("adapter close failed", target=key)
+
     async def stop(self) -> None:
         """Drain: refuse new webhooks, let pushes in flight finish, release the rest."""
         started = time.monotonic()
@@ -100,24 +125,58 @@ class Service:
         self.accepting = False
         if self._pruner is not None:
             self._pruner.cancel()
-        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        async with self._reloading:
+            await asyncio.gather(*(self._stop_worker(key, grace) for key in list(self.workers)))
         if self._runner is not None:
             await self._runner.cleanup()  # waits for requests being handled
-        for adapter in self.adapters:
-            try:
-                await adapter.close()
-            except Exception:
-                log.exception("adapter close failed", target=adapter.context.key)
         await self.store.close()
         log.info("connector stopped", seconds=round(time.monotonic() - started, 2))
 
+    async def reload(self) -> bool:
+        """Apply the config file again (SIGHUP): tenants, targets and mappings.
+
+        A broken config is refused and the running one kept. Targets whose settings changed
+        (or whose mapping has other fields) are restarted after their pushes in flight finish;
+        a mapping that only computes its fields differently is swapped in for the next push.
+        Server and store settings need a restart.
+        """
+        async with self._reloading:
+            try:
+                new = load_config(self.config.path)
+            except ConfigError as exc:
+                log.error("config reload refused: the running config stays", problems=exc.problems)
+                return False
+            if new.server != self.config.server or new.store != self.config.store:
+                log.error("config reload refused: server and store settings need a restart")
+                return False
+            grace = self.config.server.drain_timeout
+            wanted = {t.key: t for t in new.targets if t.settings.enabled}
+            for key in [k for k in self.workers if k not in wanted]:
+                await self._stop_worker(key, grace)
+            for key, target in wanted.items():
+                worker = self.workers.get(key)
+                if (
+                    worker is not None
+                    and worker.target.settings == target.settings
+                    and worker.target.mapping.fields == target.mapping.fields
+                ):
+                    worker.target = target  # the next push maps with the new mapping
+                    continue
+                # New options, or new fields (a CSV's columns): a new adapter, after the old
+                # one's pushes in flight.
+                if worker is not None:
+                    await self._stop_worker(key, grace)
+                await self._start_worker(target)
+            self.config = new
+            log.info("config reloaded", tenants=len(new.tenants), targets=len(self.workers))
+            return True
+
     async def _prune_forever(self) -> None:
         """Delete what retention no longer asks to keep, now and then (trace reads the rest)."""
-        retention = self.config.store.retention_days * 86_400
         while True:
             await asyncio.sleep(PRUNE_EVERY)
             try:
-                pruned = await self.store.prune(retention)
+                pruned = await self.store.prune(self.config.store.retention_days * 86_400)
             except Exception:
                 log.exception("retention pass failed")
             else:
@@ -125,11 +184,19 @@ class Service:
                     log.info("retention pass", **pruned)
 
     async def run(self, host: str | None = None, port: int | None = None) -> None:
-        """Run until SIGTERM or SIGINT, then drain."""
+        """Run until SIGTERM or SIGINT, then drain. SIGHUP reloads the config."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def reload() -> None:
+            task = asyncio.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         try:
             await self.start(host, port)
             await stop.wait()

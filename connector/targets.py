@@ -19,7 +19,7 @@ from __future__ import annotations
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -105,6 +105,16 @@ class Dead:
 Outcome = Delivered | Retry | Dead
 
 
+class TargetReporter:
+    """Where an adapter reports what it did, for the metrics. Reports nowhere by default."""
+
+    def request(self, status: int | str, seconds: float) -> None:
+        """One request to the target: its HTTP status (0 or "error": no answer) and time."""
+
+    def rate_wait(self, seconds: float) -> None:
+        """Time spent waiting for the target's rate limit."""
+
+
 @dataclass(frozen=True, slots=True)
 class TargetContext:
     """What an adapter knows about where it runs."""
@@ -112,6 +122,7 @@ class TargetContext:
     tenant: str
     name: str
     mapping: FieldMapping
+    report: TargetReporter = field(default_factory=TargetReporter)
 
     @property
     def key(self) -> str:
