@@ -45,7 +45,7 @@ from tenacity import (
 
 from connector.errors import RetryableError, TargetPaused
 from connector.observability import get_logger
-from connector.ratelimit import RateLimiter, shared_limiter
+from connector.ratelimit import LimiterFactory, RateLimiter, shared_limiter
 from connector.targets import (
     Adapter,
     Dead,
@@ -150,7 +150,11 @@ class HubSpotApi:
     max_throttled = 5  # 429s waited out within one call before giving up for now
 
     def __init__(
-        self, settings: HubSpotSettings, workers: int, report: TargetReporter | None = None
+        self,
+        settings: HubSpotSettings,
+        workers: int,
+        report: TargetReporter | None = None,
+        limiter: LimiterFactory = shared_limiter,
     ) -> None:
         self.settings = settings
         self.report = report or TargetReporter()
@@ -171,7 +175,7 @@ class HubSpotApi:
         self.properties = crm.properties.core_api
         self.groups = crm.properties.groups_api
         self.timeout = (settings.connect_timeout, settings.read_timeout)
-        self.limiter: RateLimiter = shared_limiter(
+        self.limiter: RateLimiter = limiter(
             settings.base_url, token, settings.rate_limit.requests, settings.rate_limit.per_seconds
         )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hubspot")
@@ -309,7 +313,10 @@ class HubSpotAdapter(Adapter):
             raise TypeError(f"HubSpotAdapter needs HubSpotSettings, got {type(settings).__name__}")
         super().__init__(settings, context)
         self.api = HubSpotApi(
-            settings, workers=(settings.concurrency or 4) + 2, report=context.report
+            settings,
+            workers=(settings.concurrency or 4) + 2,
+            report=context.report,
+            limiter=context.limiter,
         )
         self._options: dict[str, set[str] | None] = {}  # auto_options property -> known options
         self._options_lock = asyncio.Lock()

@@ -54,7 +54,7 @@ from tenacity.wait import wait_base
 
 from connector.errors import TargetPaused
 from connector.observability import get_logger
-from connector.ratelimit import RateLimiter, shared_limiter
+from connector.ratelimit import RateLimiter
 from connector.targets import (
     Adapter,
     ConfigPath,
@@ -613,7 +613,7 @@ class RestAdapter(Adapter):
             follow_redirects=False,  # a redirect is a config problem: reported, not followed
         )
         if s.rate_limit is not None:
-            self._limiter = shared_limiter(
+            self._limiter = self.context.limiter(
                 s.base_url, secret, s.rate_limit.requests, s.rate_limit.per_seconds
             )
 

@@ -4,7 +4,11 @@ A :class:`RateLimiter` lets at most ``requests`` calls start in any window of ``
 (a sliding log of start times, so a burst never exceeds the limit at any instant). Callers tell it
 what the target said: :meth:`RateLimiter.observe` slows down when the target reports its budget
 running low (someone else uses the same account), :meth:`RateLimiter.hold` stops everyone for a
-while after a 429. Targets that share an account share a limiter: :func:`shared_limiter`.
+while after a 429.
+
+Targets that share an account share a limiter. Adapters get theirs from
+``TargetContext.limiter``: in one process that is :func:`shared_limiter`; replicas on PostgreSQL
+get one whose window lives in the database, so together they stay under the account's limit.
 """
 
 from __future__ import annotations
@@ -14,9 +18,48 @@ import collections
 import hashlib
 import time
 import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 
-class RateLimiter:
+class RateLimiter(ABC):
+    """A request budget: ``acquire`` before each request."""
+
+    requests: int
+
+    @abstractmethod
+    async def acquire(self) -> float:
+        """Wait for a free slot, then take it; return the seconds waited."""
+
+    @abstractmethod
+    def hold(self, seconds: float) -> None:
+        """Nobody starts a request for ``seconds`` (after a 429, or a budget running dry)."""
+
+    def observe(self, remaining: int | None, limit: int | None, interval: float | None) -> None:
+        """Take the target's own count into account (``X-…-Remaining``, ``-Max``, interval s).
+
+        When fewer than a twentieth of the requests are left (and at least one is kept in
+        reserve), wait as long as the missing ones take to free up at the target's pace.
+        """
+        if remaining is None or not limit or not interval:
+            return
+        reserve = max(1, limit // 20)
+        if remaining < reserve:
+            self.hold(interval / limit * (reserve - remaining))
+
+
+LimiterFactory = Callable[[str, str, int, float], RateLimiter]
+"""``(base_url, credential, requests, per_seconds)`` -> the account's limiter."""
+
+
+def account_key(base_url: str, secret: str) -> str:
+    """Names an account without carrying its credential: a digest of URL and secret."""
+    return hashlib.sha256(f"{base_url.rstrip('/')}\n{secret}".encode()).hexdigest()
+
+
+class LocalRateLimiter(RateLimiter):
+    """The window in this process's memory."""
+
     def __init__(self, requests: int, per_seconds: float, *, margin: float = 0.02) -> None:
         self.requests = requests
         # A little longer than the target's window: its clock starts when a request arrives.
@@ -45,33 +88,19 @@ class RateLimiter:
                 await asyncio.sleep(wait)
 
     def hold(self, seconds: float) -> None:
-        """Nobody starts a request for ``seconds`` (after a 429, or a budget running dry)."""
         self._held_until = max(self._held_until, time.monotonic() + seconds)
 
-    def observe(self, remaining: int | None, limit: int | None, interval: float | None) -> None:
-        """Take the target's own count into account (``X-…-Remaining``, ``-Max``, interval s).
 
-        When fewer than a twentieth of the requests are left (and at least one is kept in
-        reserve), wait as long as the missing ones take to free up at the target's pace.
-        """
-        if remaining is None or not limit or not interval:
-            return
-        reserve = max(1, limit // 20)
-        if remaining < reserve:
-            self.hold(interval / limit * (reserve - remaining))
-
-
-_Key = tuple[str, str, int, float]
+_Key = tuple[str, int, float]
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, RateLimiter]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def shared_limiter(base_url: str, secret: str, requests: int, per_seconds: float) -> RateLimiter:
-    """One limiter per account: targets with the same URL, credential and limit share it."""
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    key = (base_url.rstrip("/"), digest, requests, per_seconds)
+    """One limiter per account in this process: same URL, credential and limit, same limiter."""
+    key = (account_key(base_url, secret), requests, per_seconds)
     limiters = _shared.setdefault(asyncio.get_running_loop(), {})
     if key not in limiters:
-        limiters[key] = RateLimiter(requests, per_seconds)
+        limiters[key] = LocalRateLimiter(requests, per_seconds)
     return limiters[key]

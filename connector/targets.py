@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 from connector.errors import ConfigError
+from connector.ratelimit import LimiterFactory, shared_limiter
 
 if TYPE_CHECKING:
     from connector.mapping import Mapping as FieldMapping
@@ -123,6 +124,7 @@ class TargetContext:
     name: str
     mapping: FieldMapping
     report: TargetReporter = field(default_factory=TargetReporter)
+    limiter: LimiterFactory = shared_limiter  # the account's request budget, for rate limits
 
     @property
     def key(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from connector.ratelimit import RateLimiter, shared_limiter
+from connector.ratelimit import LocalRateLimiter, shared_limiter
 
 
 def most_in_any_window(starts: list[float], window: float) -> int:
@@ -13,7 +13,7 @@ def most_in_any_window(starts: list[float], window: float) -> int:
 
 
 async def test_never_more_than_the_limit_in_any_window() -> None:
-    limiter = RateLimiter(5, 0.2, margin=0)
+    limiter = LocalRateLimiter(5, 0.2, margin=0)
     starts: list[float] = []
 
     async def caller() -> None:
@@ -29,7 +29,7 @@ async def test_never_more_than_the_limit_in_any_window() -> None:
 
 
 async def test_hold_stops_everyone_for_a_while() -> None:
-    limiter = RateLimiter(100, 1)
+    limiter = LocalRateLimiter(100, 1)
     limiter.hold(0.2)
     start = time.monotonic()
     await limiter.acquire()
@@ -37,7 +37,7 @@ async def test_hold_stops_everyone_for_a_while() -> None:
 
 
 async def test_a_budget_running_low_slows_down() -> None:
-    limiter = RateLimiter(100, 10)
+    limiter = LocalRateLimiter(100, 10)
     limiter.observe(remaining=50, limit=100, interval=1.0)
     start = time.monotonic()
     await limiter.acquire()
