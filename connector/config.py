@@ -41,6 +41,18 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     drain_timeout: float = Field(default=25.0, gt=0, description="bound on a graceful stop (s)")
+    # Slow, stuck or greedy clients (see connector/receiver.py, "Connections").
+    read_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="a request's first byte to its last (s)"
+    )
+    keepalive_timeout: float = Field(
+        default=75.0, gt=0, le=3600, description="idle time before a connection is closed (s)"
+    )
+    max_connections: int = Field(default=512, ge=1, le=100_000, description="open at once")
+    max_header_bytes: int = Field(
+        default=8190, ge=1024, le=65_536, description="the request line and each header"
+    )
+    max_headers: int = Field(default=64, ge=16, le=1000, description="header fields per request")
 
 
 class StoreSettings(BaseModel):
@@ -48,12 +60,23 @@ class StoreSettings(BaseModel):
     url: str = "sqlite:///data/connector.db"
     retention_days: float = Field(default=7.0, gt=0, description="events kept after delivery")
     dedupe_hours: float = Field(default=24.0, ge=0, description="redeliveries recognised within")
+    migrate_on_start: bool = Field(
+        default=True, description="apply schema migrations at start (else: `migrate` command)"
+    )
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
+        if url.startswith(("postgresql:", "postgres:")):
+            from connector.store.postgres import parse_url  # the store package imports us
+
+            parse_url(url)  # its messages never repeat the URL (it may hold a password)
+            return url
         if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-            raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+            raise ValueError(
+                "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or "
+                "postgresql://user@host:5432/database"
+            )
         return url
 
 

@@ -1,24 +1,152 @@
-"""The store contract: what every store implementation must do."""
+"""The store contract: what every store implementation must do.
+
+Every test taking the ``store`` (or ``backend``) fixture runs against SQLite and PostgreSQL; each
+PostgreSQL test gets a fresh schema of its own, dropped afterwards. The PostgreSQL server is
+``$CONNECTOR_TEST_POSTGRES`` (default below). Without one the PostgreSQL tests are skipped, with
+the reason, except under ``CI=true``, where they fail: CI must run them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
+from click.testing import CliRunner
 
+from connector.cli import main
+from connector.config import load_config
+from connector.errors import ConfigError
 from connector.store.base import NewEvent, Result, Store
+from connector.store.postgres import PostgresStore, redacted
+from connector.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from connector.store.sqlite import SQLiteStore
+from tests.conftest import write_config
 
 T = "demo/crm"
 
+# --- the two backends ----------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get(
+    "CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_postgres_problem: dict[str, str | None] = {}  # URL -> why it cannot be reached (None: it can)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+async def require_postgres() -> str:
+    """The test server's URL. Skip when none is reachable; under CI=true, fail instead."""
+    if POSTGRES_URL not in _postgres_problem:
+        try:
+            conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        except Exception as exc:  # any reason at all: refused, unknown host, bad URL, auth
+            _postgres_problem[POSTGRES_URL] = f"{type(exc).__name__}: {exc}"
+        else:
+            await conn.close()
+            _postgres_problem[POSTGRES_URL] = None
+    problem = _postgres_problem[POSTGRES_URL]
+    if problem is not None:
+        where = redacted(POSTGRES_URL)
+        if in_ci():
+            pytest.fail(
+                f"PostgreSQL at {where} is unreachable ({problem}) and CI=true: the PostgreSQL "
+                "tests must run in CI (start the server or set CONNECTOR_TEST_POSTGRES)",
+                pytrace=False,
+            )
+        pytest.skip(
+            f"no PostgreSQL reachable at {where} ({problem}); start one or set "
+            "CONNECTOR_TEST_POSTGRES (under CI=true these tests fail instead)"
+        )
+    return POSTGRES_URL
+
+
+def with_search_path(url: str, schema: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = [*urllib.parse.parse_qsl(parts.query), ("search_path", schema)]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+@asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A fresh, empty schema: yields a store URL that keeps its tables there; dropped after."""
+    url = await require_postgres()
+    name = f"test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{name}"')
+        try:
+            yield with_search_path(url, name)
+        finally:
+            await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+    finally:
+        await admin.close()
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str  # as store.url in a config file
+    make: Callable[..., Store]  # another store on the same data (not opened yet)
+    set_version: Callable[[int], Awaitable[None]]  # write a schema version (tests of refusal)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "store.db"
+
+        async def sqlite_version(version: int) -> None:
+            with sqlite3.connect(path) as db:
+                db.execute(f"PRAGMA user_version = {version}")
+
+        yield Backend(
+            "sqlite",
+            f"sqlite:///{path}",
+            lambda **options: SQLiteStore(path, **options),
+            sqlite_version,
+        )
+        return
+    async with postgres_schema() as url:
+
+        async def postgres_version(version: int) -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)", version
+                )
+            finally:
+                await conn.close()
+
+        yield Backend(
+            "postgres", url, lambda **options: PostgresStore(url, **options), postgres_version
+        )
+
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    s = backend.make()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "store.db")
     await s.open()
     try:
@@ -121,7 +249,7 @@ async def test_a_wait_that_is_not_a_failure_does_not_count(store: Store) -> None
     assert item.attempts == 0
 
 
-async def test_dead_records_go_to_the_dead_letter_store(store: Store, tmp_path: Path) -> None:
+async def test_dead_records_go_to_the_dead_letter_store(store: Store) -> None:
     await store.append(event("c1"))
     await store.append(event("c2"))
     claim = await store.claim(T, 10, 60)
@@ -140,10 +268,14 @@ async def test_dead_records_go_to_the_dead_letter_store(store: Store, tmp_path: 
     (status,) = await store.status()
     assert (status.pending, status.dead, status.delivered) == (0, 1, 1)
     await store.close()
-    db = sqlite3.connect(tmp_path / "store.db")
-    row = db.execute("SELECT contact_id, attempts, first_error, error FROM dead_letters").fetchone()
-    assert row == ("c1", 2, "first try failed", "Property email is invalid")
-    await store.open()
+    await store.open()  # on disk, not only in this process
+    (letter,) = await store.dead_letters()
+    assert (letter.contact_id, letter.attempts, letter.first_error, letter.error) == (
+        "c1",
+        2,
+        "first try failed",
+        "Property email is invalid",
+    )
 
 
 async def test_newer_events_survive_a_dead_letter(store: Store) -> None:
@@ -174,7 +306,10 @@ async def test_results_for_a_lost_lease_are_ignored(store: Store) -> None:
     assert (status.pending, status.delivered) == (1, 0)
 
 
-async def test_recover_releases_claims_of_a_crashed_process(store: Store) -> None:
+async def test_recover_releases_claims_of_a_crashed_process(sqlite_store: SQLiteStore) -> None:
+    # One process per SQLite file: every claim left at start belongs to a process that is gone.
+    # (PostgreSQL is shared: see test_postgres for what recover() does there.)
+    store = sqlite_store
     await store.append(event("c1"))
     await store.claim(T, 10, 600)
     assert (await store.claim(T, 10, 600)).items == []
@@ -203,12 +338,12 @@ async def test_status_reports_pending_oldest_and_pause(store: Store) -> None:
     assert not (await store.status())[0].paused
 
 
-async def test_committed_events_survive_a_reopen(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
+async def test_committed_events_survive_a_reopen(backend: Backend) -> None:
+    store = backend.make()
     await store.open()
     await asyncio.gather(*(store.append(event(f"c{n}")) for n in range(300)))
     await store.close()
-    store = SQLiteStore(tmp_path / "s.db")
+    store = backend.make()
     await store.open()
     try:
         assert len((await store.claim(T, 1000, 60)).items) == 300
@@ -216,7 +351,8 @@ async def test_committed_events_survive_a_reopen(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_concurrent_appends_share_commits(store: SQLiteStore) -> None:
+async def test_concurrent_appends_share_commits(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
     commits = 0
     transaction = store._transaction
 
@@ -230,7 +366,9 @@ async def test_concurrent_appends_share_commits(store: SQLiteStore) -> None:
     assert commits < 100
 
 
-async def test_one_failing_operation_does_not_fail_its_group(store: SQLiteStore) -> None:
+async def test_one_failing_operation_does_not_fail_its_group(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
@@ -272,9 +410,9 @@ async def test_an_identical_redelivery_is_acknowledged_not_stored_twice(store: S
 
 
 async def test_duplicates_are_recognised_within_a_group_and_only_within_the_window(
-    tmp_path: Path,
+    backend: Backend,
 ) -> None:
-    store = SQLiteStore(tmp_path / "s.db", dedupe_window=0.2)
+    store = backend.make(dedupe_window=0.2)
     await store.open()
     try:
         same = [event("c1", body=b"{}"), event("c1", body=b"{}")]
@@ -405,8 +543,9 @@ async def test_queued_tells_which_contacts_wait(store: Store) -> None:
 
 
 async def test_another_writer_is_waited_for_without_blocking_the_loop(
-    store: SQLiteStore, tmp_path: Path
+    sqlite_store: SQLiteStore, tmp_path: Path
 ) -> None:
+    store = sqlite_store
     other = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # e.g. an import running in another process
     ticks = 0
@@ -425,3 +564,108 @@ async def test_another_writer_is_waited_for_without_blocking_the_loop(
     assert (await appending).status == "queued"
     ticking.cancel()
     other.close()
+
+
+# --- schema migrations (both stores) -------------------------------------------------------------
+
+
+def latest_version(backend: Backend) -> int:
+    from connector.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+
+    return len(SQLITE_MIGRATIONS if backend.name == "sqlite" else POSTGRES_MIGRATIONS)
+
+
+async def test_migrate_applies_pending_migrations_once(backend: Backend) -> None:
+    latest = latest_version(backend)
+    store = backend.make(schema="as-is")
+    await store.open()
+    try:
+        assert await store.migrate() == (0, latest)
+        assert await store.migrate() == (latest, latest)
+        assert (await store.append(event("c1"))).status == "queued"
+    finally:
+        await store.close()
+
+
+async def test_stores_opening_together_migrate_once(backend: Backend) -> None:
+    latest = latest_version(backend)
+    stores = [backend.make() for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        assert [await store.migrate() for store in stores] == [(latest, latest)] * 4
+        answers = await asyncio.gather(*(s.append(event(f"c{n}")) for n, s in enumerate(stores)))
+        assert {a.status for a in answers} == {"queued"}
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_opening_migrates_unless_told_not_to(backend: Backend) -> None:
+    latest = latest_version(backend)
+    with pytest.raises(ConfigError, match=r"version 0, this release needs \d+: run `mimeeq-conn"):
+        await backend.make(schema="verify").open()
+    store = backend.make()  # the default: migrate on open
+    await store.open()
+    try:
+        assert await store.migrate() == (latest, latest)
+    finally:
+        await store.close()
+    verified = backend.make(schema="verify")
+    await verified.open()  # up to date: it starts
+    await verified.close()
+
+
+async def test_a_schema_newer_than_this_release_is_refused(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    await store.close()
+    await backend.set_version(latest_version(backend) + 1)
+    for schema in ("migrate", "verify"):
+        with pytest.raises(ConfigError, match="newer than this release"):
+            await backend.make(schema=schema).open()
+
+
+async def test_migrate_command_reports_the_version(backend: Backend, tmp_path: Path) -> None:
+    latest = latest_version(backend)
+    config = write_config(tmp_path, store={"url": backend.url, "migrate_on_start": False})
+
+    def migrate() -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, ["migrate", "--config", str(config)])
+        return result.exit_code, result.stdout, result.stderr
+
+    code, out, err = await asyncio.to_thread(migrate)
+    assert code == 0, err
+    assert out.strip() == f"store schema migrated from version 0 to {latest}"
+    code, out, err = await asyncio.to_thread(migrate)
+    assert (code, out.strip()) == (0, f"store schema is up to date (version {latest})")
+    store = backend.make(schema="verify")
+    await store.open()
+    await store.close()
+
+
+def test_store_url_accepts_postgresql_and_never_repeats_a_password(tmp_path: Path) -> None:
+    for url in ("postgresql://connector:pw@db:5432/mimeeq", "postgres://db/mimeeq?pool_max_size=4"):
+        assert load_config(write_config(tmp_path, store={"url": url})).store.url == url
+    for url, problem in (
+        ("postgresql://connector:s3cr/et@db:5432/mimeeq", "percent-encode"),
+        ("postgresql://connector:s3cret@db/m?pool_max_size=0", "pool_max_size"),
+        ("mysql://connector:s3cr/et@db/mimeeq", "expected sqlite:///"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write_config(tmp_path, store={"url": url}))
+        message = "\n".join(caught.value.problems)
+        assert "store.url" in message and problem in message
+        assert "s3cr" not in message
+
+
+def test_a_config_chooses_its_store_by_the_url(tmp_path: Path) -> None:
+    from connector.store import open_store
+
+    config = load_config(write_config(tmp_path, store={"url": "postgresql://u:pw@db/x"}))
+    store = open_store(config)
+    assert isinstance(store, PostgresStore) and store.schema == "migrate"
+    assert "pw" not in repr(store)
+    config = load_config(
+        write_config(tmp_path, store={"url": "sqlite:///c.db", "migrate_on_start": False})
+    )
+    sqlite = open_store(config)
+    assert isinstance(sqlite, SQLiteStore) and sqlite.schema == "verify"

@@ -228,3 +228,39 @@ def resume(config_path: Path | None, tenant: str, target_name: str) -> None:
 async def _set_pause(config: Config, key: str, reason: str | None) -> None:
     async with opened_store(config) as store:
         await store.set_paused(key, reason, None, by="operator")
+
+
+@main.command()
+@config_option
+def migrate(config_path: Path | None) -> None:
+    """Apply pending schema migrations to the store and report its version.
+
+    `serve` does it at start unless `store.migrate_on_start` is false; safe while replicas run.
+    """
+    import asyncpg
+
+    config = load(config_path)
+    try:
+        before, after = asyncio.run(_migrate(config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    except (OSError, asyncpg.PostgresError) as exc:  # neither quotes a password
+        click.echo(f"error: store: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    if before == after:
+        click.echo(f"store schema is up to date (version {after})")
+    else:
+        click.echo(f"store schema migrated from version {before} to {after}")
+
+
+async def _migrate(config: Config) -> tuple[int, int]:
+    from connector.store import open_store
+
+    store = open_store(config, schema="as-is")
+    await store.open()
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()

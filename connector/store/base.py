@@ -26,6 +26,11 @@ from connector.targets import Operation
 
 ResultKind = Literal["delivered", "retry", "dead", "release"]
 
+# What opening a store does about its schema: apply pending migrations (the default), refuse to
+# start when the schema is behind (``store.migrate_on_start: false``), or leave it alone (the
+# ``migrate`` command, which then calls ``Store.migrate``).
+SchemaPolicy = Literal["migrate", "verify", "as-is"]
+
 
 def new_event_id() -> str:
     """A UUIDv7: unique (74 random bits), and time-ordered like the events themselves."""
@@ -34,6 +39,21 @@ def new_event_id() -> str:
     variant_and_rest = 0x8000000000000000 | (rand & ((1 << 62) - 1))
     h = f"{ms:012x}7{(rand >> 62) & 0xFFF:03x}{variant_and_rest:016x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def schema_problem(store: str, version: int, latest: int) -> str | None:
+    """Why a store whose schema is at ``version`` cannot be used by this release, if it cannot."""
+    if version > latest:
+        return (
+            f"{store}: the schema is at version {version}, newer than this release knows "
+            f"({latest}): a newer mimeeq-connector migrated it; run that release"
+        )
+    if version < latest:
+        return (
+            f"{store}: the schema is at version {version}, this release needs {latest}: run "
+            "`mimeeq-connector migrate --config FILE` (store.migrate_on_start is false)"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +207,15 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    @abstractmethod
+    async def migrate(self) -> tuple[int, int]:
+        """Apply pending schema migrations; return the schema version before and after.
+
+        Safe while other processes use the store, and when several start at once: one applies
+        them, the others wait and find nothing left to do. ``open`` calls it unless the store was
+        made with another ``SchemaPolicy``.
+        """
 
     @abstractmethod
     async def append(self, event: NewEvent) -> Accepted:

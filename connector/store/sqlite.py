@@ -34,6 +34,7 @@ from connector.store.base import (
     NewEvent,
     Replayed,
     Result,
+    SchemaPolicy,
     Store,
     TargetState,
     TargetStatus,
@@ -42,6 +43,7 @@ from connector.store.base import (
     TraceEvent,
     event_digest,
     new_event_id,
+    schema_problem,
 )
 
 T = TypeVar("T")
@@ -228,6 +230,31 @@ Q_STATUS_DEAD = """
 Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until FROM targets"
 
 
+def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
+    """Bring the schema to the latest version (PRAGMA user_version), one migration at a time.
+
+    Each migration is one transaction under the write lock. When another process applied it
+    meanwhile, ours fails and rolls back; the version then says it is done, and we go on.
+    """
+    before = version = conn.execute("PRAGMA user_version").fetchone()[0]
+    while version < len(MIGRATIONS):
+        number = version + 1
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[version]}; PRAGMA user_version = {number}; COMMIT;"
+            )
+        except sqlite3.OperationalError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < number:
+                raise
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    problem = schema_problem(str(path), version, len(MIGRATIONS))
+    if problem:
+        raise ConfigError(problem)
+    return before, version
+
+
 def sqlite_path(url: str, base_dir: Path | None = None) -> Path:
     """``sqlite:///relative/file.db`` (against ``base_dir``) or ``sqlite:////absolute/file.db``."""
     prefix = "sqlite:///"
@@ -247,11 +274,17 @@ class SQLiteStore(Store):
     cache_mb = 64  # SQLite's page cache of the writer connection
 
     def __init__(
-        self, path: Path, *, exclusive: bool = False, dedupe_window: float = 86_400.0
+        self,
+        path: Path,
+        *,
+        exclusive: bool = False,
+        dedupe_window: float = 86_400.0,
+        schema: SchemaPolicy = "migrate",
     ) -> None:
         self.path = path
         self.exclusive = exclusive
         self.dedupe_window = dedupe_window
+        self.schema = schema
         self._ops: asyncio.Queue[Operation | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
@@ -314,6 +347,22 @@ class SQLiteStore(Store):
             self._lock_file.close()
             self._lock_file = None
 
+    async def migrate(self) -> tuple[int, int]:
+        """Apply pending migrations on a connection of its own (the writer's is busy grouping)."""
+
+        def run() -> tuple[int, int]:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                return _migrate(conn, self.path)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
+
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, so commits never wait for that copy.
 
@@ -341,11 +390,17 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
         if self.exclusive:  # the checkpoint thread copies the WAL back; commits do not
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.executescript(
-                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
-            )
+        try:
+            if self.schema == "migrate":
+                _migrate(conn, self.path)
+            elif self.schema == "verify":
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                problem = schema_problem(str(self.path), version, len(MIGRATIONS))
+                if problem:
+                    raise ConfigError(problem)
+        except BaseException:
+            conn.close()
+            raise
         # From here on a busy database (another process writing) is waited for asynchronously.
         conn.execute("PRAGMA busy_timeout = 0")
         return conn
