@@ -26,7 +26,7 @@ from connector.targets import Adapter, Dead, Delivered, Outcome, Record, Retry
 
 log = get_logger("connector.delivery")
 
-LEASE = 600.0  # seconds a claim is held; far longer than any push may take
+LEASE_FACTOR, LEASE_MARGIN = 1.5, 5.0  # a claim outlives its push (bounded by push_timeout)
 IDLE_POLL = 5.0  # longest sleep with nothing due; new events wake the worker at once
 PROBE_INTERVAL = 60.0  # how often a paused target is tried again when it gave no time
 STATE_POLL = 2.0  # how often the store is asked whether an operator paused or resumed the target
@@ -51,6 +51,8 @@ class TargetWorker:
         self.batch_size = min(settings.batch_size or adapter.max_batch_size, adapter.max_batch_size)
         self.concurrency = settings.concurrency or adapter.default_concurrency
         self.linger = settings.linger if settings.linger is not None else adapter.default_linger
+        # Held while pushing: if this process dies, another replica takes over after it.
+        self.lease = settings.push_timeout * LEASE_FACTOR + LEASE_MARGIN
         self.wake = asyncio.Event()
         # Events announced and not claimed yet, and since when: is a batch full yet?
         self.fresh = 0
@@ -119,7 +121,7 @@ class TargetWorker:
         if self._stopping or await self._wait_while_paused():
             return None
         await self._linger()
-        claim = await self.store.claim(self.key, self.batch_size, LEASE)
+        claim = await self.store.claim(self.key, self.batch_size, self.lease)
         taken = len(claim.items)
         self.fresh = 0 if taken < self.batch_size else max(0, self.fresh - taken)
         if taken:

@@ -330,3 +330,33 @@ def test_without_postgresql_its_tests_skip_outside_ci_and_fail_in_ci() -> None:
     assert in_ci.returncode == 1, in_ci.stdout
     assert "must run in CI" in in_ci.stdout and "skipped" not in in_ci.stdout
     assert "hunter2" not in outside.stdout + in_ci.stdout
+
+
+async def test_replicas_share_one_rate_budget(replicas: Replicas) -> None:
+    """Three replicas drawing on one account never start more than its limit in any window."""
+    stores = [await replicas() for _ in range(3)]
+    limiters = [store.rate_limiter("account-1", 5, 0.5) for store in stores]
+    assert stores[0].rate_limiter("account-1", 5, 0.5) is limiters[0]  # one per account
+    starts: list[float] = []
+
+    async def caller(limiter: Any) -> None:
+        for _ in range(5):
+            await limiter.acquire()
+            starts.append(asyncio.get_running_loop().time())
+
+    await asyncio.gather(*(caller(limiter) for limiter in limiters for _ in range(2)))
+    assert len(starts) == 30
+    busiest = max(sum(1 for t in starts if s <= t < s + 0.5) for s in starts)
+    assert busiest <= 5
+    assert max(starts) - min(starts) < 3.5  # 30 at 5 per 0.5 s: about 2.5 s, no dawdling
+    # Another account is not held back by this one.
+    other = stores[1].rate_limiter("account-2", 5, 0.5)
+    assert await other.acquire() < 0.1
+
+
+async def test_a_hold_seen_by_one_replica_holds_them_all(replicas: Replicas) -> None:
+    a, b = await replicas(), await replicas()
+    a.rate_limiter("account-1", 100, 1).hold(0.4)  # a 429 seen by replica a
+    await asyncio.sleep(0.05)  # the hold reaches the database
+    waited = await b.rate_limiter("account-1", 100, 1).acquire()
+    assert waited >= 0.3

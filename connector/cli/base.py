@@ -73,7 +73,10 @@ def pick_targets(config: Config, tenant: str | None, target: str | None) -> list
 async def opened_store(config: Config) -> AsyncIterator[Store]:
     """The config's store, shared with a server that may be running (SQLite allows readers)."""
     store = open_store(config)
-    await store.open()
+    try:
+        await store.open()
+    except ConfigError as exc:  # e.g. a schema behind this release: say so, no traceback
+        fail("; ".join(exc.problems))
     try:
         yield store
     finally:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from connector.ratelimit import RateLimiter
 from connector.targets import Operation
 
 ResultKind = Literal["delivered", "retry", "dead", "release"]
@@ -301,6 +302,13 @@ class Store(ABC):
     @abstractmethod
     async def prune(self, retention: float) -> dict[str, int]:
         """Delete events and attempts older than ``retention`` seconds that nothing needs."""
+
+    def rate_limiter(self, account: str, requests: int, per_seconds: float) -> RateLimiter | None:
+        """A request budget shared by every process using this store, where it can hold one.
+
+        None: each process keeps its own (enough for a store only one process serves).
+        """
+        return None
 
     @abstractmethod
     async def ping(self) -> None:

@@ -33,6 +33,7 @@ replicas' clocks in sync (NTP); a lease is 600 seconds, so a skew of seconds is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
@@ -45,6 +46,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from connector.errors import ConfigError
+from connector.ratelimit import RateLimiter
 from connector.store.base import (
     Accepted,
     Claim,
@@ -281,6 +283,18 @@ MIGRATIONS: list[str] = [
     END
     $fn$;
     """,
+    # 2: request budgets shared by the replicas (rate limits of CRM accounts).
+    """
+    CREATE TABLE rate_starts (
+        account TEXT NOT NULL,             -- a digest of the account's URL and credential
+        at      DOUBLE PRECISION NOT NULL  -- when a request started (the database's clock)
+    );
+    CREATE INDEX rate_starts_by_account ON rate_starts (account, at);
+    CREATE TABLE rate_holds (
+        account TEXT PRIMARY KEY,
+        until   DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 # --- named queries -----------------------------------------------------------------------------
@@ -402,6 +416,27 @@ Q_PRUNE_ATTEMPTS = """
     DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < $1 ORDER BY id LIMIT $2)"""
 
 
+# A slot in the account's window now, or the seconds to wait for one (taken when <= 0). Runs
+# after Q_RATE_LOCK, in its own statement: its snapshot then sees every slot taken before.
+Q_RATE_LOCK = "SELECT pg_advisory_xact_lock($1)"
+Q_RATE_TAKE = """
+    WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::DOUBLE PRECISION AS now),
+    expired AS (DELETE FROM rate_starts WHERE account = $1 AND at <= (SELECT now FROM clock) - $2),
+    window_ AS (SELECT count(*) AS n, min(at) AS oldest FROM rate_starts
+                WHERE account = $1 AND at > (SELECT now FROM clock) - $2),
+    held AS (SELECT COALESCE(max(until), 0) AS until FROM rate_holds WHERE account = $1),
+    wait AS (SELECT GREATEST(held.until - clock.now,
+                             CASE WHEN window_.n >= $3 THEN window_.oldest + $2 - clock.now
+                                  ELSE 0 END) AS seconds, clock.now
+             FROM clock, window_, held),
+    taken AS (INSERT INTO rate_starts (account, at) SELECT $1, now FROM wait WHERE seconds <= 0)
+    SELECT seconds FROM wait"""
+Q_RATE_HOLD = """
+    INSERT INTO rate_holds (account, until)
+    VALUES ($1, extract(epoch FROM clock_timestamp()) + $2)
+    ON CONFLICT (account) DO UPDATE SET until = GREATEST(rate_holds.until, excluded.until)"""
+
+
 # --- URLs and lock keys ------------------------------------------------------------------------
 
 
@@ -500,6 +535,7 @@ class PostgresStore(Store):
         self._waiting: list[tuple[NewEvent, asyncio.Future[Accepted]]] = []
         self._writers: set[asyncio.Task[None]] = set()
         self._sending = 0  # writers at work
+        self._limiters: dict[tuple[str, int, float], RateLimiter] = {}
 
     def __repr__(self) -> str:
         return f"PostgresStore({redacted(self.url)!r})"
@@ -955,8 +991,57 @@ class PostgresStore(Store):
             if events < self.prune_slice and attempts < self.prune_slice:
                 return pruned
 
+    def rate_limiter(self, account: str, requests: int, per_seconds: float) -> RateLimiter:
+        """A request budget every replica draws from: its window lives in the database."""
+        key = (account, requests, per_seconds)
+        if key not in self._limiters:
+            self._limiters[key] = PostgresRateLimiter(self, account, requests, per_seconds)
+        return self._limiters[key]
+
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
+
+
+class PostgresRateLimiter(RateLimiter):
+    """A sliding window of request starts kept in PostgreSQL, so all replicas share one limit.
+
+    Each ``acquire`` is one short transaction serialised by an advisory lock on the account, and
+    uses the database's clock, so the replicas' own clocks do not matter.
+    """
+
+    def __init__(
+        self, store: PostgresStore, account: str, requests: int, per_seconds: float
+    ) -> None:
+        self.store, self.account, self.requests = store, account, requests
+        self.window = per_seconds * 1.02  # as LocalRateLimiter: the target counts on arrival
+        self._lock = _lock_key("rate", account)
+        self._held_until = 0.0  # a hold this replica knows of, spared a round trip
+        self._holds: set[asyncio.Task[None]] = set()
+
+    async def acquire(self) -> float:
+        started = time.monotonic()
+        while True:
+            wait = max(self._held_until - time.monotonic(), 0.0)
+            if wait == 0:
+                async with self.store._transaction() as conn:
+                    await conn.execute(Q_RATE_LOCK, self._lock)
+                    wait = await conn.fetchval(
+                        Q_RATE_TAKE, self.account, self.window, self.requests
+                    )
+                if wait <= 0:
+                    return time.monotonic() - started
+            await asyncio.sleep(wait)
+
+    def hold(self, seconds: float) -> None:
+        self._held_until = max(self._held_until, time.monotonic() + seconds)
+        task = asyncio.create_task(self._hold(seconds))  # the other replicas wait too
+        self._holds.add(task)
+        task.add_done_callback(self._holds.discard)
+
+    async def _hold(self, seconds: float) -> None:
+        with contextlib.suppress(Exception):  # best effort: this replica holds regardless
+            async with self.store._transaction() as conn:
+                await conn.execute(Q_RATE_HOLD, self.account, seconds)
 
 
 def _lock_keys(tenant: str, contacts: Iterable[str]) -> list[int]:
