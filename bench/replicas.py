@@ -71,7 +71,7 @@ def run(replicas: int, args: argparse.Namespace, folder: Path, generator: str) -
         subprocess.Popen(
             [*cli, "serve", "--config", str(config), "--port", str(port), "--log-level", "warning"],
             cwd=ROOT,
-        )  # fmt: skip
+        )
         for port in ports
     ]
     try:
@@ -101,7 +101,7 @@ def run(replicas: int, args: argparse.Namespace, folder: Path, generator: str) -
                     ],
                     stdout=subprocess.PIPE,
                     text=True,
-                )  # fmt: skip
+                )
                 for port in ports
             ]
             results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
