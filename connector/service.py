@@ -14,7 +14,8 @@ from connector.delivery import TargetWorker
 from connector.errors import ConfigError
 from connector.metrics import Metrics, MetricsReporter
 from connector.observability import get_logger
-from connector.receiver import create_app
+from connector.ratelimit import RateLimiter, account_key, shared_limiter
+from connector.receiver import WebhookSite, create_app
 from connector.store import open_store
 from connector.store.base import Store, TargetStatus
 from connector.targets import TargetContext
@@ -84,14 +85,15 @@ class Service:
             shutdown_timeout=server.drain_timeout,
         )
         await self._runner.setup()
-        site = web.TCPSite(
+        # Read deadlines, a connection cap, header limits: see WebhookSite.
+        site = WebhookSite(
             self._runner,
+            server,
             host if host is not None else server.host,
             port if port is not None else server.port,
-            backlog=1024,
         )
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = site.port
         self._pruner = asyncio.create_task(self._prune_forever(), name="retention")
         self.accepting = True
         log.info(
@@ -103,12 +105,19 @@ class Service:
 
     async def _start_worker(self, target: Target) -> None:
         report = MetricsReporter(self.metrics, target.tenant, target.name)
-        context = TargetContext(target.tenant, target.name, target.mapping, report)
+        context = TargetContext(target.tenant, target.name, target.mapping, report, self._limiter)
         adapter = target.adapter(target.settings, context)
         await adapter.open()
         worker = TargetWorker(target, adapter, self.store, self.metrics)
         self.workers[target.key] = worker
         worker.start()
+
+    def _limiter(
+        self, base_url: str, secret: str, requests: int, per_seconds: float
+    ) -> RateLimiter:
+        """An account's request budget: shared through the store when it can (replicas)."""
+        shared = self.store.rate_limiter(account_key(base_url, secret), requests, per_seconds)
+        return shared or shared_limiter(base_url, secret, requests, per_seconds)
 
     async def _stop_worker(self, key: str, grace: float) -> None:
         worker = self.workers.pop(key)

@@ -13,7 +13,7 @@ def most_in_any_window(starts: list[float], window: float) -> int:
 
 
 async def test_never_more_than_the_limit_in_any_window() -> None:
-    limiter = LocalRateLimiter(5, 0.2, margin=0)
+    limiter = LocalRateLimiter(5, 0.2)
     starts: list[float] = []
 
     async def caller() -> None:

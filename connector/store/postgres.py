@@ -46,7 +46,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from connector.errors import ConfigError
-from connector.ratelimit import RateLimiter
+from connector.ratelimit import RateLimiter, window_with_margin
 from connector.store.base import (
     Accepted,
     Claim,
@@ -1013,7 +1013,7 @@ class PostgresRateLimiter(RateLimiter):
         self, store: PostgresStore, account: str, requests: int, per_seconds: float
     ) -> None:
         self.store, self.account, self.requests = store, account, requests
-        self.window = per_seconds * 1.02  # as LocalRateLimiter: the target counts on arrival
+        self.window = window_with_margin(per_seconds)
         self._lock = _lock_key("rate", account)
         self._held_until = 0.0  # a hold this replica knows of, spared a round trip
         self._holds: set[asyncio.Task[None]] = set()
