@@ -780,16 +780,3 @@ def test_alert_rules_use_existing_metrics_and_cover_the_failures() -> None:
     rule_on("mimeeq_connector_deliveries_total", 'outcome="dead"')
     assert duration_seconds(rule_on("mimeeq_connector_target_paused")["for"]) >= 300
     rule_on("kube_pod_container_status_ready")  # readiness failing
-
-
-def test_alert_rules_pass_promtool_when_it_is_installed() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian: prometheus); the checks above still ran")
-    result = subprocess.run(
-        [promtool, "check", "rules", str(DEPLOY / "alerts.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
