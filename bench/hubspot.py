@@ -195,9 +195,11 @@ async def run(backlog: int) -> dict[str, Any]:
             await drained(service)  # asking the fake meanwhile would spend its rate budget
             await service.stop()
             auth = {"Authorization": f"Bearer {HS_TOKEN}"}  # the fake checks every request
-            async with aiohttp.ClientSession(headers=auth) as http:
-                async with http.get(f"{url}/__stats") as response:
-                    stats = await response.json()
+            async with (
+                aiohttp.ClientSession(headers=auth) as http,
+                http.get(f"{url}/__stats") as response,
+            ):
+                stats = await response.json()
             assert stats["contacts"] == backlog
         finally:
             remote.terminate()
