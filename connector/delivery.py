@@ -84,14 +84,20 @@ class TargetWorker:
         if not self._lanes:
             return
         _, late = await asyncio.wait(self._lanes, timeout=grace)
-        for lane in late:  # their claims are released on the next start (lease recovery)
+        for lane in late:
             lane.cancel()
         for lane in self._lanes:
             with contextlib.suppress(asyncio.CancelledError):
                 await lane
         for claim in self._inflight.values():  # hand them back: the next run pushes them again
-            await self.store.complete(claim, [Result(i.contact_id, "release") for i in claim.items])
-            self._count("released", len(claim.items))
+            try:
+                await self.store.complete(
+                    claim, [Result(i.contact_id, "release") for i in claim.items]
+                )
+            except Exception:  # their leases run out instead
+                self._log.exception("could not hand claims back")
+            else:
+                self._count("released", len(claim.items))
         if late:
             self._log.warning("stopped with pushes unfinished", unfinished=len(late))
 

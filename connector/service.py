@@ -12,10 +12,11 @@ from aiohttp import web
 from connector.config import Config, Target, load_config
 from connector.delivery import TargetWorker
 from connector.errors import ConfigError
+from connector.http_server import WebhookSite
 from connector.metrics import Metrics, MetricsReporter
 from connector.observability import get_logger
 from connector.ratelimit import RateLimiter, account_key, shared_limiter
-from connector.receiver import WebhookSite, create_app
+from connector.receiver import create_app
 from connector.store import open_store
 from connector.store.base import Store, TargetStatus
 from connector.targets import TargetContext

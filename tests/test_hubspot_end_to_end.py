@@ -25,6 +25,12 @@ HS_TOKEN = "hs-end-to-end-token"
 STATUS_WITHOUT_DEFAULT = {"from": "status", "map": {"ACTIVE": "OPEN", "INACTIVE": "UNQUALIFIED"}}
 
 
+@pytest.fixture(autouse=True)
+def hubspot_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configs below read the fake's token from the environment, as a real one would."""
+    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeHubSpot]:
     hub = FakeHubSpot(token=HS_TOKEN)
@@ -101,13 +107,11 @@ async def test_300_contacts_reach_hubspot_exactly_as_mapped(
     tmp_path: Path,
     fake: FakeHubSpot,
     server_process: Callable[[Path], ServerProcess],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake.conflict_mode = "409"
     # Ten Mimeeq contacts already exist in HubSpot by e-mail, one with a value set by sales.
     existing = {n: fake.add_contact(email=f"person{n}@example.com") for n in range(10)}
     fake.contacts[existing[4]]["lifecyclestage"] = "customer"
-    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
     server = server_process(hubspot_config(tmp_path, fake, linger=1.0))
     server.start()
 
@@ -158,11 +162,8 @@ async def test_300_contacts_reach_hubspot_exactly_as_mapped(
     assert len(writes) <= events / 100 + conflicts + 6, [(c.path, c.inputs) for c in writes]
 
 
-async def test_backlog_stays_under_the_rate_limit(
-    tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_backlog_stays_under_the_rate_limit(tmp_path: Path, fake: FakeHubSpot) -> None:
     fake.rate_limit, fake.interval = 10, 1.0
-    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
     config = load_config(
         hubspot_config(
             tmp_path, fake, batch_size=4, linger=0, rate_limit={"requests": 10, "per_seconds": 1}
@@ -189,7 +190,6 @@ async def test_a_revoked_token_pauses_the_target_until_it_is_fixed(
     tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(adapters.hubspot, "AUTH_PROBE", 0.5)
-    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
     fake.token = "the-token-was-rotated"
     service = Service(load_config(hubspot_config(tmp_path, fake, linger=0)))
     await service.start()
@@ -211,11 +211,8 @@ async def test_a_revoked_token_pauses_the_target_until_it_is_fixed(
     assert len(fake.contacts) == 1
 
 
-async def test_hubspot_setup_command(
-    tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_hubspot_setup_command(tmp_path: Path, fake: FakeHubSpot) -> None:
     del fake.properties["contacts"]["mimeeq_contact_id"]
-    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
     config = hubspot_config(tmp_path, fake)
     args = ["hubspot", "setup", "--config", str(config), "--tenant", "demo", "--target", "hubspot"]
     first = await asyncio.to_thread(CliRunner().invoke, main, args)

@@ -346,7 +346,9 @@ async def test_replicas_share_one_rate_budget(replicas: Replicas) -> None:
 
     await asyncio.gather(*(caller(limiter) for limiter in limiters for _ in range(2)))
     assert len(starts) == 30
-    busiest = max(sum(1 for t in starts if s <= t < s + 0.5) for s in starts)
+    # Measured after each acquire returns, so allow the round trip's jitter (the limiter's
+    # own window is in the database's clock, with a margin for exactly that).
+    busiest = max(sum(1 for t in starts if s <= t < s + 0.45) for s in starts)
     assert busiest <= 5
     assert max(starts) - min(starts) < 3.5  # 30 at 5 per 0.5 s: about 2.5 s, no dawdling
     # Another account is not held back by this one.

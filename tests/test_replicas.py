@@ -55,7 +55,7 @@ async def test_three_replicas_one_killed_deliver_exactly_once_in_order(
     server_process: Callable[[Path], ServerProcess],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
+    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)  # this test's own fake and token
     config = tmp_path / "config.yaml"
     mapping = {"fields": {"firstname": "firstName", "lastname": "lastName"}}
     target = {

@@ -7,12 +7,11 @@ import json
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from click.testing import CliRunner
 
 from connector.cli import main
@@ -20,25 +19,10 @@ from connector.config import load_config
 from connector.service import Service
 from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact
 from tests.fake_hubspot import FakeHubSpot
-from tests.test_hubspot_end_to_end import HS_TOKEN, drained, hubspot_config
+from tests.test_hubspot_end_to_end import drained, fake, hubspot_config, hubspot_token
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeHubSpot]:
-    hub = FakeHubSpot(token=HS_TOKEN)
-    await hub.start()
-    hub.add_property("mimeeq_contact_id", object_type="contacts", unique=True, group="mimeeq")
-    try:
-        yield hub
-    finally:
-        await hub.stop()
-
-
-@pytest.fixture(autouse=True)
-def hubspot_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
+__all__ = ["fake", "hubspot_token"]  # fixtures: the fake HubSpot, its token in the env
 
 
 PLAIN = {"fields": {"firstname": "firstName", "lastname": "lastName", "email": "emails[0].mail"}}

@@ -271,6 +271,7 @@ class SQLiteStore(Store):
 
     prune_slice = 2000  # rows deleted per transaction by prune()
     checkpoint_every = 0.5  # seconds between two WAL checkpoints of a serving process
+    wal_limit_mb = 64  # past this the WAL is brought back to its start (and its file trimmed)
     cache_mb = 64  # SQLite's page cache of the writer connection
 
     def __init__(
@@ -366,16 +367,22 @@ class SQLiteStore(Store):
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, so commits never wait for that copy.
 
-        PASSIVE never blocks the writer; once a pass has copied everything, the next commit
-        starts the WAL over from its beginning, so it stays small.
+        PASSIVE never blocks the writer, but under steady writes it never catches up with the
+        WAL's end either, and the WAL only starts over once it has. So when the WAL has grown
+        past ``wal_limit_mb``, a RESTART pass holds the writer back for the few frames PASSIVE
+        left, and the next commit starts the WAL over (``journal_size_limit`` then trims the
+        file).
         """
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA busy_timeout = 10000")
+        wal = Path(f"{self.path}-wal")
         try:
             while not self._closing.wait(self.checkpoint_every):
-                with contextlib.suppress(sqlite3.OperationalError):  # busy: next time
+                with contextlib.suppress(sqlite3.OperationalError, OSError):  # busy: next time
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if wal.stat().st_size > self.wal_limit_mb * 2**20:
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)")
         finally:
             conn.close()
 
@@ -390,6 +397,7 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
         if self.exclusive:  # the checkpoint thread copies the WAL back; commits do not
             conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit_mb * 2**20}")
         try:
             if self.schema == "migrate":
                 _migrate(conn, self.path)
