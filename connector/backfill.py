@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connector.payloads import ContactPayload
+from connector.payloads import CONTACT
 
 IMPORT_EVENT = "contact-imported"
 
@@ -153,7 +153,7 @@ def _json_lines(path: Path, customer_id: str) -> Iterator[Row]:
 
 def _validated(line: int, payload: dict[str, Any]) -> Row:
     try:
-        ContactPayload.model_validate(payload)
+        CONTACT.validate_python(payload)
     except ValidationError as exc:
         error = exc.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(p) for p in error["loc"]) or "(row)"

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -132,6 +133,11 @@ class Tenant:
     tokens: tuple[bytes, ...]
     targets: dict[str, Target] = field(default_factory=dict)
     import_settings: ImportSettings = field(default_factory=ImportSettings)
+
+    @cached_property
+    def enabled_targets(self) -> tuple[str, ...]:
+        """Keys of the targets a new event goes to (once per config, not per webhook)."""
+        return tuple(t.key for t in self.targets.values() if t.settings.enabled)
 
 
 @dataclass(frozen=True)

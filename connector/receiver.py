@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from pydantic import ValidationError
 
 from connector.config import Tenant
@@ -168,6 +168,7 @@ class Receiver:
 
     def __init__(self, service: Service) -> None:
         self.service = service
+        self._counters: dict[tuple[str, str, str], Counter] = {}
 
     async def webhook(self, request: web.Request) -> web.Response:
         tenant = self.service.config.tenants.get(request.match_info["tenant"])
@@ -196,11 +197,15 @@ class Receiver:
 
     def _count(self, tenant: Tenant | None, event: str, outcome: str) -> None:
         # Labels a caller cannot invent: a configured tenant, a Mimeeq event name.
-        self.service.metrics.events.labels(
+        labels = (
             tenant.slug if tenant else "unknown",
             event if event in CONTACT_EVENTS or event in OTHER_EVENTS else "unknown",
             outcome,
-        ).inc()
+        )
+        counter = self._counters.get(labels)
+        if counter is None:  # looked up once: labels() takes a lock and builds a key every time
+            counter = self._counters[labels] = self.service.metrics.events.labels(*labels)
+        counter.inc()
 
     def _before_body(
         self, request: web.Request, tenant: Tenant | None, event: str
@@ -264,17 +269,16 @@ class Receiver:
         if problem is not None:
             return self._invalid(tenant, event, 400, problem)
         try:
-            payload = PAYLOAD_MODELS[event].model_validate(data)
+            payload = PAYLOAD_MODELS[event].validate_python(data)
         except ValidationError as exc:
             field, summary = describe(exc)
             return self._invalid(tenant, event, 422, f"invalid {event} payload: {summary}", field)
-        if payload.customerId != tenant.customer_id:
+        if payload["customerId"] != tenant.customer_id:
             message = "customerId is not this tenant's Mimeeq customer"
             return self._invalid(tenant, event, 422, message, "customerId")
 
-        targets = tuple(t.key for t in tenant.targets.values() if t.settings.enabled)
         accepted = await service.store.append(
-            NewEvent(tenant.slug, event, payload.id, op, body, targets)
+            NewEvent(tenant.slug, event, payload["id"], op, body, tenant.enabled_targets)
         )
         if accepted.status == "queued":
             service.notify(tenant.slug)
@@ -283,7 +287,7 @@ class Receiver:
             tenant=tenant.slug,
             event_type=event,
             event_id=accepted.event_id,
-            contact_id=payload.id,
+            contact_id=payload["id"],
             status=accepted.status,
         )
         answer = {"eventId": accepted.event_id, "status": accepted.status}

@@ -302,7 +302,7 @@ async def _import(
     config: Config, slug: str, file: Path, *, show_progress: bool
 ) -> tuple[dict[str, int], list[tuple[int, str]]]:
     tenant = config.tenants[slug]
-    targets = tuple(t.key for t in tenant.targets.values() if t.settings.enabled)
+    targets = tenant.enabled_targets
     counts = {"queued": 0, "duplicate": 0, "dropped": 0, "unusable": 0}
     problems: list[tuple[int, str]] = []
     with file.open("rb") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ def serve(
 
     configure_logging(log_format, log_level)
     config = load(config_path)
+    _tune_gc()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(Service(config).run(host, port))
@@ -55,6 +57,17 @@ def serve(
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         sys.exit(1)
+
+
+def _tune_gc() -> None:
+    """Fewer garbage collections: every request allocates many short-lived objects, few cycles.
+
+    What exists at start-up (modules, the config) is moved out of the collector's sight, and the
+    youngest generation is collected every 20,000 allocations net, not every 700.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -96,7 +109,7 @@ def map_command(
     target = find_target(load(config_path), tenant, target_name)
     try:
         payload = orjson.loads(payload_file.read())
-        PAYLOAD_MODELS[event].model_validate(payload)
+        PAYLOAD_MODELS[event].validate_python(payload)
     except orjson.JSONDecodeError as exc:
         raise click.ClickException(f"payload is not valid JSON: {exc}") from None
     except ValidationError as exc:
