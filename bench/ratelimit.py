@@ -26,6 +26,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not be
 from bench.common import ROOT, machine
 from connector.config import load_config
 from connector.observability import configure_logging
+from connector.runtime import server_runner
 from connector.service import Service
 from tests.fake_hubspot import FakeHubSpot
 
@@ -105,7 +106,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="the fake's answer time (s)")
     args = parser.parse_args()
     configure_logging("console", "warning")
-    figures = asyncio.run(run(args.requests, args.per_seconds, args.seconds, args.latency))
+    with server_runner() as runner:  # the loop and collector of `serve`
+        figures = runner.run(run(args.requests, args.per_seconds, args.seconds, args.latency))
     print()
     print(f"limit {figures['limit']}: busiest window {figures['busiest_window']} requests "
           f"(never above {args.requests}), steady {figures['per_window']} per window = "

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.observability import configure_logging
 from connector.payloads import CONTACT_EVENTS, PAYLOAD_MODELS
 from connector.receiver import describe
+from connector.runtime import server_runner
 from connector.store.base import TargetStatus
 from connector.targets import TargetContext
 
@@ -49,34 +48,13 @@ def serve(
 
     configure_logging(log_format, log_level)
     config = load(config_path)
-    _tune_gc()
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with server_runner() as runner:
             runner.run(Service(config).run(host, port))
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         sys.exit(1)
-
-
-def _tune_gc() -> None:
-    """Fewer garbage collections: every request allocates many short-lived objects, few cycles.
-
-    What exists at start-up (modules, the config) is moved out of the collector's sight, and the
-    youngest generation is collected every 20,000 allocations net, not every 700.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed (Linux, macOS): a faster event loop for the server."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 @main.command()
