@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,3 +212,23 @@ async def test_sighup_reloads_mappings_and_refuses_a_broken_config(
     assert len(read_csv(sheet)[1]) == sent
     assert os.environ.get("TEST_HUBSPOT_TOKEN") == HS_TOKEN  # untouched by the run
     assert re.search(r'"problems":\["[^"]*config\.yaml', log)
+
+
+def test_serve_runs_on_uvloop_with_a_collector_tuned_for_a_server() -> None:
+    # In a process of its own: the tuning is process-wide.
+    probe = (
+        "import asyncio, gc, json\n"
+        "from connector.runtime import server_runner\n"
+        "async def loop_kind():\n"
+        "    return type(asyncio.get_running_loop()).__module__\n"
+        "with server_runner() as runner:\n"
+        "    kind = runner.run(loop_kind())\n"
+        "print(json.dumps([kind, gc.get_threshold()[0], gc.get_freeze_count() > 0]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    kind, youngest, frozen = json.loads(out)
+    assert kind.startswith("uvloop")
+    assert youngest == 20_000  # not Python's 700: a webhook allocates many short-lived objects
+    assert frozen  # what start-up built is out of the collector's way
