@@ -95,7 +95,7 @@ class DeletedContactPayload(TypedDict):
 CONTACT = TypeAdapter(ContactPayload)
 DELETED_CONTACT = TypeAdapter(DeletedContactPayload)
 # validate_python(data) raises pydantic's ValidationError, naming the field.
-PAYLOAD_MODELS: dict[str, TypeAdapter[ContactPayload] | TypeAdapter[DeletedContactPayload]] = {
+PAYLOAD_SCHEMAS: dict[str, TypeAdapter[ContactPayload] | TypeAdapter[DeletedContactPayload]] = {
     "contact-created": CONTACT,
     "contact-updated": CONTACT,
     "contact-deleted": DELETED_CONTACT,

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from connector.config import Tenant
 from connector.observability import get_logger
-from connector.payloads import CONTACT_EVENTS, OTHER_EVENTS, PAYLOAD_MODELS
+from connector.payloads import CONTACT_EVENTS, OTHER_EVENTS, PAYLOAD_SCHEMAS
 from connector.store.base import NewEvent
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ class Receiver:
         if problem is not None:
             return self._invalid(tenant, event, 400, problem)
         try:
-            payload = PAYLOAD_MODELS[event].validate_python(data)
+            payload = PAYLOAD_SCHEMAS[event].validate_python(data)
         except ValidationError as exc:
             field, summary = describe(exc)
             return self._invalid(tenant, event, 422, f"invalid {event} payload: {summary}", field)

@@ -38,7 +38,7 @@ from adapters.hubspot import hubspot_value
 from adapters.rest import RestAdapter, RestSettings
 from connector.config import load_config
 from connector.mapping import Mapping, load_mapping
-from connector.payloads import PAYLOAD_MODELS
+from connector.payloads import PAYLOAD_SCHEMAS
 from connector.service import Service
 from connector.targets import Delivered, Record, TargetContext
 from tests.conftest import CUSTOMER, ROOT, TOKEN, contact, write_config
@@ -124,7 +124,7 @@ EVENTS = st.one_of(
 
 def accepted(event: str, payload: dict[str, Any]) -> None:
     """The strategies make only payloads the receiver accepts."""
-    PAYLOAD_MODELS[event].validate_python(payload)
+    PAYLOAD_SCHEMAS[event].validate_python(payload)
 
 
 def mapped(mapping: Mapping, event: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -330,7 +330,7 @@ SLOW_ONES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=SLOW_ONES)
-@given(body=BODIES, content_type=CONTENT_TYPES, event=st.sampled_from(list(PAYLOAD_MODELS)))
+@given(body=BODIES, content_type=CONTENT_TYPES, event=st.sampled_from(list(PAYLOAD_SCHEMAS)))
 async def test_no_body_makes_the_receiver_fail(
     receiver: Service, body: bytes, content_type: str | None, event: str
 ) -> None:

@@ -25,7 +25,7 @@ from connector.cli.base import (
 from connector.config import Config, Target
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.observability import configure_logging
-from connector.payloads import CONTACT_EVENTS, PAYLOAD_MODELS
+from connector.payloads import CONTACT_EVENTS, PAYLOAD_SCHEMAS
 from connector.receiver import describe
 from connector.runtime import server_runner
 from connector.store.base import TargetStatus
@@ -87,7 +87,7 @@ def map_command(
     target = find_target(load(config_path), tenant, target_name)
     try:
         payload = orjson.loads(payload_file.read())
-        PAYLOAD_MODELS[event].validate_python(payload)
+        PAYLOAD_SCHEMAS[event].validate_python(payload)
     except orjson.JSONDecodeError as exc:
         raise click.ClickException(f"payload is not valid JSON: {exc}") from None
     except ValidationError as exc:
