@@ -11,6 +11,8 @@ the fake HubSpot, with the shipped HubSpot mapping:
    contacts at 100 per second: 1 s; target within 10% of it). The fake's window is a rolling
    one, as HubSpot's, so a connector fast enough to send the 100 calls as one burst finishes
    sooner than that.
+4. the same 10,000 posted while the target delivers: seconds from the last 202 to the last
+   contact visible.
 
     python bench/hubspot.py
 """
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ from tests.fake_hubspot import FakeHubSpot
 TOKEN = "bench-token-0123456789"
 HS_TOKEN = "hs-bench"
 CUSTOMER = "CUST-e3115ba6-0cce-4ba5-9803-aadf90ba2a96"
+LATENCY = 0.02  # seconds the fake HubSpot takes to answer
 BODY = json.loads((ROOT / "tests" / "data" / "contact-created.json").read_text())
 
 
@@ -53,7 +58,7 @@ def contact(n: int, **changes: Any) -> dict[str, Any]:
 async def scenario(
     folder: Path, limit: int, per_seconds: float, **target: Any
 ) -> tuple[FakeHubSpot, Service]:
-    fake = FakeHubSpot(token=HS_TOKEN, rate_limit=limit, interval=per_seconds, latency=0.02)
+    fake = FakeHubSpot(token=HS_TOKEN, rate_limit=limit, interval=per_seconds, latency=LATENCY)
     await fake.start()
     fake.add_property("mimeeq_contact_id", object_type="contacts", unique=True)
     tags = [("tag1", "tag1"), ("tag2", "tag2")]
@@ -129,7 +134,7 @@ from tests.fake_hubspot import FakeHubSpot
 
 async def main() -> None:
     fake = FakeHubSpot(token=sys.argv[2], rate_limit=int(sys.argv[3]), interval=float(sys.argv[4]),
-                       latency=0.02)
+                       latency=float(sys.argv[5]))
     fake.add_property("mimeeq_contact_id", object_type="contacts", unique=True)
 
     async def stats(request: web.Request) -> web.Response:
@@ -156,6 +161,30 @@ async def remote_stats(url: str) -> dict[str, Any]:
                     response.raise_for_status()
                     return dict(await response.json())
             await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def remote_fake() -> AsyncIterator[str]:
+    """HubSpot is another machine: the fake runs in a process of its own, on the other core."""
+    remote = subprocess.Popen(
+        [sys.executable, "-c", REMOTE_FAKE, str(ROOT), HS_TOKEN, "100", "1.0", str(LATENCY)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert remote.stdout is not None
+    try:
+        yield remote.stdout.readline().strip()
+    finally:
+        remote.terminate()
+        remote.wait()
+
+
+async def post_all(service: Service, count: int) -> float:
+    """Post ``count`` new contacts, 2,000 at a time; return when the last 202 came back."""
+    last = time.monotonic()
+    for start in range(0, count, 2000):
+        chunk = range(start, min(start + 2000, count))
+        last = await post_burst(service, [("contact-created", contact(n)) for n in chunk])
+    return last
 
 
 def writes(fake: FakeHubSpot) -> int:
@@ -189,14 +218,7 @@ async def run(backlog: int) -> dict[str, Any]:
               "calls (target <= 20)", flush=True)  # fmt: skip
 
         (folder / "backlog").mkdir()
-        # HubSpot is another machine: the fake runs in a process of its own, on the other core.
-        remote = subprocess.Popen(
-            [sys.executable, "-c", REMOTE_FAKE, str(ROOT), HS_TOKEN, "100", "1.0"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert remote.stdout is not None
-        url = remote.stdout.readline().strip()
-        try:
+        async with remote_fake() as url:
             service = await backlog_service(folder / "backlog", url)
             key = "demo/hubspot"
             await service.store.set_paused(
@@ -204,21 +226,16 @@ async def run(backlog: int) -> dict[str, Any]:
             )
             await asyncio.sleep(2.5)  # the workers notice the pause
             print(f"queueing {backlog:,} new contacts...", flush=True)
-            for start in range(0, backlog, 2000):
-                chunk = range(start, min(start + 2000, backlog))
-                await post_burst(service, [("contact-created", contact(n)) for n in chunk])
+            await post_all(service, backlog)
             await service.store.set_paused(key, None, None, by="operator")
             await drained(service)  # asking the fake meanwhile would spend its rate budget
             await service.stop()
             stats = await remote_stats(url)
             assert stats["contacts"] == backlog
-        finally:
-            remote.terminate()
-            remote.wait()
         # From the first call (the workers notice a resume within 2 s: not delivery time) to
         # the last contact visible, by the fake's clock.
         upserts = stats["upserts"]
-        delivery = max(upserts) - min(upserts) + 0.02  # the last call's answer takes the latency
+        delivery = max(upserts) - min(upserts) + LATENCY  # the last answer takes the latency
         minimum = math.ceil(backlog / 100) / 100  # calls needed / calls allowed per second
         figures.update(
             backlog=backlog,
@@ -232,6 +249,30 @@ async def run(backlog: int) -> dict[str, Any]:
               f"the last contact visible, minimum {minimum:.2f} s "
               f"({delivery / minimum:.0%} of it; target <= 110%), "
               f"{len(upserts)} upsert calls, {stats['answered_429']} answered 429")  # fmt: skip
+
+        # The same contacts posted as fast as the receiver takes them, delivered meanwhile:
+        # seconds from the last 202 to the last contact visible (one clock: both processes
+        # read the system's monotonic clock).
+        (folder / "live").mkdir()
+        async with remote_fake() as url:
+            service = await backlog_service(folder / "live", url)
+            started = time.monotonic()
+            last_202 = await post_all(service, backlog)
+            await drained(service)
+            await service.stop()
+            stats = await remote_stats(url)
+            assert stats["contacts"] == backlog
+        upserts = stats["upserts"]
+        after = max(upserts) + LATENCY - last_202
+        figures.update(
+            live_post_seconds=round(last_202 - started, 2),
+            live_seconds_after_last_202=round(after, 2),
+            live_calls=len(upserts),
+            live_answered_429=stats["answered_429"],
+        )
+        print(f"{backlog:,} contacts posted in {last_202 - started:.2f} s while delivering: last "
+              f"contact visible {after:.2f} s after the last 202, {len(upserts)} upsert calls, "
+              f"{stats['answered_429']} answered 429")  # fmt: skip
     return figures
 
 
