@@ -4,7 +4,8 @@ Each run starts N real server processes on a fresh schema of one PostgreSQL data
 target, paused, so the figure is the receivers' and the shared store's), loads all of them at once
 for the same time (one load generator per replica, connections split between them: ``wrk`` when
 installed, else aiohttp clients) and sums what they accepted. Everything shares this machine's
-cores with PostgreSQL, so read the figures with ``machine`` in mind.
+cores with PostgreSQL, so read the figures with ``machine`` in mind; the CPU each webhook costs
+the connector and PostgreSQL (from /proc) says how far replicas go once each has its own cores.
 
     python bench/replicas.py [--seconds 10] [--connections 64] [--postgres URL]
 """
@@ -26,7 +27,15 @@ import asyncpg
 import yaml
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/ (hubspot.py)
-from bench.common import ROOT, free_port, machine, wait_for_port
+from bench.common import (
+    ROOT,
+    cpu_seconds,
+    cpu_used,
+    free_port,
+    machine,
+    processes_named,
+    wait_for_port,
+)
 from bench.ingest import BODY, CUSTOMER, TOKEN, WRK_SCRIPT, load_in_child
 from tests.test_store import with_search_path
 
@@ -79,6 +88,8 @@ def run(replicas: int, args: argparse.Namespace, folder: Path, generator: str) -
             wait_for_port(port)
         script = folder / "post.lua"
         per = max(args.connections // replicas, 4)
+        pids = [server.pid for server in servers]
+        before = cpu_seconds(pids), cpu_seconds(processes_named("postgres"))
         print(f"{replicas} replica(s): loading for {args.seconds} s...", flush=True)
         if generator == "wrk":
             code = (
@@ -108,6 +119,8 @@ def run(replicas: int, args: argparse.Namespace, folder: Path, generator: str) -
         else:
             results = [load_in_child(f"http://127.0.0.1:{port}", args.seconds, per, None)
                        for port in ports]  # fmt: skip
+        connector_cpu = cpu_used(before[0], cpu_seconds(pids))
+        postgres_cpu = cpu_used(before[1], cpu_seconds(processes_named("postgres")))
     finally:
         for server in servers:
             server.terminate()
@@ -120,6 +133,9 @@ def run(replicas: int, args: argparse.Namespace, folder: Path, generator: str) -
         "accepted": accepted,
         "lost": max(0, accepted - stored),
         "p99_ms": max(r["p99"] for r in results),
+        # CPU per webhook: what decides how far replicas scale once each has cores of its own.
+        "connector_cpu_ms": 1000 * connector_cpu / accepted,
+        "postgres_cpu_ms": 1000 * postgres_cpu / accepted,
     }
 
 
@@ -146,12 +162,20 @@ def main() -> None:
         "one_replica_p99_ms": round(one["p99_ms"], 1),
         "three_replicas_p99_ms": round(three["p99_ms"], 1),
         "lost": int(one["lost"] + three["lost"]),
+        "one_replica_cpu_ms_per_webhook": round(one["connector_cpu_ms"], 3),
+        "three_replicas_cpu_ms_per_webhook": round(three["connector_cpu_ms"], 3),
+        "one_replica_postgres_cpu_ms_per_webhook": round(one["postgres_cpu_ms"], 3),
+        "three_replicas_postgres_cpu_ms_per_webhook": round(three["postgres_cpu_ms"], 3),
     }
     print()
     print(f"1 replica   {figures['one_replica_rps']:>7} webhooks/s  (p99 "
           f"{figures['one_replica_p99_ms']} ms)")  # fmt: skip
     print(f"3 replicas  {figures['three_replicas_rps']:>7} webhooks/s  (p99 "
           f"{figures['three_replicas_p99_ms']} ms)   x{figures['scaling']}")  # fmt: skip
+    for n, name in ((1, "one_replica"), (3, "three_replicas")):
+        print(f"CPU per webhook, {n} replica(s): connector "
+              f"{figures[f'{name}_cpu_ms_per_webhook']:.3f} ms, PostgreSQL "
+              f"{figures[f'{name}_postgres_cpu_ms_per_webhook']:.3f} ms")  # fmt: skip
     print(f"acknowledged but not stored: {figures['lost']}")
     print(json.dumps(figures))
 
