@@ -91,6 +91,23 @@ async def service(config: Config) -> AsyncIterator[Service]:
 
 
 @pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start services on demand; stop whatever is still running at the end."""
+    started: list[Service] = []
+
+    async def make(targets: dict[str, dict[str, Any]] | None = None) -> Service:
+        svc = Service(load_config(write_config(tmp_path, targets)))
+        await svc.start()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        if svc.accepting:
+            await svc.stop()
+
+
+@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session

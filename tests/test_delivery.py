@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,6 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """Start services on demand; stop whatever is still running at the end."""
-    started: list[Service] = []
-
-    async def make(targets: dict[str, dict[str, Any]] | None = None) -> Service:
-        svc = Service(load_config(write_config(tmp_path, targets)))
-        await svc.start()
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        if svc.accepting:
-            await svc.stop()
 
 
 async def send(service: Service, event: str, body: dict[str, Any]) -> dict[str, Any]:

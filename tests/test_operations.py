@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
 from click.testing import CliRunner, Result
 
 from connector.cli import main
@@ -22,22 +20,6 @@ from tests.test_delivery import send, wait_for
 async def cli(*args: str) -> Result:
     """The command line, in a thread: it runs its own event loop."""
     return await asyncio.to_thread(CliRunner().invoke, main, list(args))
-
-
-@pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    started: list[Service] = []
-
-    async def make(targets: dict[str, Any] | None = None) -> Service:
-        svc = Service(load_config(write_config(tmp_path, targets)))
-        await svc.start()
-        started.append(svc)
-        return svc
-
-    yield make
-    for svc in started:
-        if svc.accepting:
-            await svc.stop()
 
 
 def config_of(service: Service) -> str:
