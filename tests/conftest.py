@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import yaml
 
 from connector.config import Config, load_config
 from connector.service import Service
+from connector.store.base import TargetStatus
 from tests.fakes import FakeAdapter
+from tests.waiting import DEADLINE, eventually, eventually_blocking
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -113,6 +116,51 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def send(service: Service, event: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Post a webhook for tenant ``demo``; return the 202's answer."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{service.port}/webhooks/demo/{event}",
+            json=body,
+            headers={"X-Mimeeq-Token": TOKEN},
+        ) as response,
+    ):
+        assert response.status == 202, await response.text()
+        answer: dict[str, Any] = await response.json()
+        return answer
+
+
+async def status_reaches(
+    service: Service, target: str = "demo/fake", **expected: object
+) -> TargetStatus:
+    """The target's committed status, once its fields hold the ``expected`` values.
+
+    What a worker did is committed after the adapter saw it: wait on the store, not the adapter.
+    """
+
+    async def check() -> TargetStatus:
+        (status,) = [s for s in await service.store.status() if s.target == target]
+        actual = {name: getattr(status, name) for name in expected}
+        assert actual == expected, status
+        return status
+
+    return await eventually(check)
+
+
+async def drained(db: Path, timeout: float = 2 * DEADLINE) -> None:
+    """Wait until the SQLite store at ``db`` has nothing left to deliver (a backlog may take a
+    while on a loaded machine: twice the usual deadline)."""
+
+    def empty() -> bool:
+        if not db.exists():
+            return False
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return not conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+
+    await eventually(empty, timeout)
+
+
 def fake_adapter(service: Service, name: str = "demo/fake") -> FakeAdapter:
     adapter = service.workers[name].adapter
     assert isinstance(adapter, FakeAdapter)
@@ -135,7 +183,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config_path.parent / "server.log"
 
-    def start(self, timeout: float = 20) -> None:
+    def start(self, timeout: float = DEADLINE) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -156,16 +204,21 @@ class ServerProcess:
                 env=env,
                 cwd=ROOT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def listening() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
+                return False
+
+        try:
+            eventually_blocking(listening, timeout)
+        except AssertionError:
+            raise RuntimeError(f"server did not start:\n{self.log.read_text()}") from None
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -14,8 +14,17 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
-from tests.conftest import DATA, FAKE_MAPPING, ROOT, contact, fake_adapter, write_config
-from tests.test_delivery import send, wait_for
+from tests.conftest import (
+    DATA,
+    FAKE_MAPPING,
+    ROOT,
+    contact,
+    fake_adapter,
+    send,
+    status_reaches,
+    write_config,
+)
+from tests.waiting import eventually
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -200,9 +209,9 @@ async def test_status_counts_what_the_service_did(tmp_path: Path) -> None:
         fake = fake_adapter(service)
         fake.gate, fake.hold = asyncio.Event(), {contact(2)["id"]}
         await send(service, "contact-created", contact(1))
-        await wait_for(lambda: bool(fake.contacts))
+        await status_reaches(service, delivered=1, pending=0)
         await send(service, "contact-created", contact(2))
-        await wait_for(lambda: bool(fake.in_flight))
+        await eventually(lambda: bool(fake.in_flight))
         _, out, _ = await asyncio.to_thread(run, "status", "--config", str(config_path), "--json")
         (row,) = json.loads(out)
         assert (row["pending"], row["delivered"]) == (1, 1)

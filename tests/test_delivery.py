@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from connector.config import load_config
@@ -16,37 +15,23 @@ from connector.delivery import backoff_delay
 from connector.errors import PermanentError, RetryableError, TargetPaused
 from connector.service import Service
 from connector.targets import Dead, Record, Retry
-from tests.conftest import FAKE_MAPPING, TOKEN, contact, fake_adapter, write_config
+from tests.conftest import (
+    FAKE_MAPPING,
+    contact,
+    fake_adapter,
+    send,
+    status_reaches,
+    write_config,
+)
 from tests.fakes import FakeAdapter
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-async def send(service: Service, event: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"http://127.0.0.1:{service.port}/webhooks/demo/{event}",
-            json=body,
-            headers={"X-Mimeeq-Token": TOKEN},
-        ) as response,
-    ):
-        assert response.status == 202, await response.text()
-        answer: dict[str, Any] = await response.json()
-        return answer
+from tests.waiting import eventually
 
 
 async def test_a_contact_arrives_mapped(running: Callable[..., Any]) -> None:
     service = await running()
     fake = fake_adapter(service)
     await send(service, "contact-created", contact(1, lastName="Doe"))
-    await wait_for(lambda: bool(fake.contacts))
+    await eventually(lambda: bool(fake.contacts))
     assert fake.contacts == {
         contact(1)["id"]: {"first": "First1", "last": "Doe", "email": "person1@example.com"}
     }
@@ -67,15 +52,15 @@ async def test_updates_of_one_contact_arrive_in_order_and_coalesce(
     one = contact(1)["id"]
     fake.gate, fake.hold = asyncio.Event(), {one}
     await send(service, "contact-created", contact(1, lastName="v0"))
-    await wait_for(lambda: one in fake.in_flight)
+    await eventually(lambda: one in fake.in_flight)
     for n in range(1, 11):  # all arrive while the first push of the contact is still running
         await send(service, "contact-updated", contact(1, lastName=f"v{n}"))
     await send(service, "contact-created", contact(2))
     # Other contacts are not held up by the stuck one.
-    await wait_for(lambda: contact(2)["id"] in fake.contacts)
+    await eventually(lambda: contact(2)["id"] in fake.contacts)
     fake.gate.set()
-    await wait_for(lambda: fake.contacts.get(one, {}).get("last") == "v10")
-    await asyncio.sleep(0.2)
+    await eventually(lambda: fake.contacts.get(one, {}).get("last") == "v10")
+    await status_reaches(service, pending=0, delivered=12)  # nothing left to push
     pushes_of_one = [
         r for r in (rec for batch in fake.pushes for rec in batch) if r.contact_id == one
     ]
@@ -90,12 +75,12 @@ async def test_a_delete_wins_and_a_late_update_cannot_resurrect(
     service = await running()
     fake = fake_adapter(service)
     await send(service, "contact-created", contact(1))
-    await wait_for(lambda: bool(fake.contacts))
+    await eventually(lambda: bool(fake.contacts))
     await send(service, "contact-deleted", {k: contact(1)[k] for k in ("id", "customerId")})
-    await wait_for(lambda: not fake.contacts)
+    await eventually(lambda: not fake.contacts)
     late = await send(service, "contact-updated", contact(1))
     assert late["status"] == "dropped"
-    await asyncio.sleep(0.2)
+    await status_reaches(service, pending=0, delivered=2)
     assert fake.contacts == {}
 
 
@@ -103,10 +88,8 @@ async def test_retries_follow_the_scheduled_time(running: Callable[..., Any]) ->
     service = await running({"fake": {"type": "fake", "mapping": FAKE_MAPPING, "fail_first": 2}})
     fake = fake_adapter(service)
     await send(service, "contact-created", contact(1))
-    await wait_for(lambda: bool(fake.contacts))
+    await status_reaches(service, pending=0, delivered=1, dead=0)
     assert [r.attempt for batch in fake.pushes for r in batch] == [1, 2, 3]
-    (status,) = await service.store.status()
-    assert (status.pending, status.delivered, status.dead) == (0, 1, 0)
 
 
 async def test_backoff_delays_the_next_attempt(running: Callable[..., Any]) -> None:
@@ -117,9 +100,9 @@ async def test_backoff_delays_the_next_attempt(running: Callable[..., Any]) -> N
     fake = fake_adapter(service)
     fake.script = lambda r: Retry("busy") if r.attempt == 1 else None
     await send(service, "contact-created", contact(1))
-    await wait_for(lambda: len(fake.pushes) == 1)
+    await eventually(lambda: len(fake.pushes) == 1)
     first = time.monotonic()
-    await wait_for(lambda: bool(fake.contacts))
+    await eventually(lambda: bool(fake.contacts))
     assert time.monotonic() - first >= 0.25  # backoff 0.6 s with jitter: at least half of it
 
 
@@ -139,9 +122,8 @@ async def test_refused_records_go_dead_and_the_others_arrive(
     fake.script = lambda r: Dead("Property values were not valid") if r.contact_id == bad else None
     for n in range(1, 4):
         await send(service, "contact-created", contact(n))
-    await wait_for(lambda: len(fake.contacts) == 2)
-    (status,) = await service.store.status()
-    assert (status.dead, status.delivered, status.pending) == (1, 2, 0)
+    await status_reaches(service, dead=1, delivered=2, pending=0)
+    assert set(fake.contacts) == {contact(1)["id"], contact(3)["id"]}
 
 
 async def test_gives_up_after_max_attempts(running: Callable[..., Any]) -> None:
@@ -150,15 +132,7 @@ async def test_gives_up_after_max_attempts(running: Callable[..., Any]) -> None:
     fake = fake_adapter(service)
     fake.script = lambda r: Retry("HTTP 500", after=0.01)
     await send(service, "contact-created", contact(1))
-
-    async def dead() -> int:
-        return (await service.store.status())[0].dead
-
-    for _ in range(500):
-        if await dead():
-            break
-        await asyncio.sleep(0.01)
-    assert await dead() == 1
+    await status_reaches(service, dead=1, pending=0)
     assert len(fake.pushes) == 3
 
 
@@ -166,11 +140,7 @@ async def test_a_mapping_failure_is_a_dead_letter(running: Callable[..., Any]) -
     targets = {"fake": {"type": "fake", "mapping": {"fields": {"x": "join(', ', firstName)"}}}}
     service = await running(targets)
     await send(service, "contact-created", contact(1))
-    for _ in range(300):
-        if (await service.store.status())[0].dead:
-            break
-        await asyncio.sleep(0.01)
-    assert (await service.store.status())[0].dead == 1
+    await status_reaches(service, dead=1, pending=0)
     assert fake_adapter(service).pushes == []
 
 
@@ -191,14 +161,12 @@ async def test_a_failed_batch_only_affects_its_own_records(
     fake = fake_adapter(service)
     fake.gate = asyncio.Event()
     await send(service, "contact-created", contact(1))
-    await wait_for(lambda: bool(fake.in_flight))
+    await eventually(lambda: bool(fake.in_flight))
     await send(service, "contact-created", contact(2))
     fake.raise_next.append(error)
     fake.gate.set()  # the first batch (contact 1) fails; the next one (contact 2) goes through
-    await wait_for(lambda: contact(2)["id"] in fake.contacts)
-    await asyncio.sleep(0.1)
-    (status,) = await service.store.status()
-    assert (status.dead, status.pending, status.delivered) == (dead, pending, 1)
+    await status_reaches(service, dead=dead, pending=pending, delivered=1)
+    assert list(fake.contacts) == [contact(2)["id"]]
 
 
 async def test_an_auth_failure_pauses_the_target_and_loses_nothing(
@@ -206,17 +174,20 @@ async def test_an_auth_failure_pauses_the_target_and_loses_nothing(
 ) -> None:
     service = await running()
     fake = fake_adapter(service)
-    fake.raise_next.append(TargetPaused("401 Unauthorized: token revoked", until=time.time() + 0.5))
+    token = {"revoked": True}
+
+    def auth(record: Record) -> None:  # every push is refused until the token is fixed
+        if token["revoked"]:
+            raise TargetPaused("401 Unauthorized: token revoked", until=time.time() + 0.2)
+
+    fake.script = auth
     await send(service, "contact-created", contact(1))
-    await wait_for(lambda: len(fake.pushes) == 1)
-    await asyncio.sleep(0.1)
-    (status,) = await service.store.status()
-    assert status.paused and "401" in (status.paused_reason or "")
-    assert (status.pending, status.dead) == (1, 0)
-    await wait_for(lambda: bool(fake.contacts))  # probed again after the pause: fixed
-    await wait_for(lambda: not service.workers["demo/fake"].paused_reason)
-    (status,) = await service.store.status()
-    assert not status.paused and status.delivered == 1
+    status = await status_reaches(service, paused=True, pending=1, dead=0)
+    assert "401" in (status.paused_reason or "")
+    await eventually(lambda: len(fake.pushes) >= 2)  # probed again after the pause
+    token["revoked"] = False
+    await status_reaches(service, paused=False, pending=0, delivered=1, dead=0)
+    assert len(fake.contacts) == 1
 
 
 async def test_one_target_down_does_not_delay_another(running: Callable[..., Any]) -> None:
@@ -230,7 +201,7 @@ async def test_one_target_down_does_not_delay_another(running: Callable[..., Any
     down.gate = asyncio.Event()  # hangs forever
     for n in range(5):
         await send(service, "contact-created", contact(n))
-    await wait_for(lambda: len(up.contacts) == 5)
+    await eventually(lambda: len(up.contacts) == 5)
     assert down.contacts == {}
     down.gate.set()
 
@@ -242,14 +213,14 @@ async def test_pending_retries_survive_a_restart(tmp_path: Path) -> None:
     fake = fake_adapter(service)
     fake.script = lambda r: Retry("HTTP 503", after=0.5)
     await send(service, "contact-created", contact(1))
-    await wait_for(lambda: len(fake.pushes) == 1)
+    await eventually(lambda: len(fake.pushes) == 1)
     await service.stop()
 
     service = Service(config)
     await service.start()
     try:
         fake = fake_adapter(service)
-        await wait_for(lambda: bool(fake.contacts))
+        await eventually(lambda: bool(fake.contacts))
         (record,) = fake.pushes[0]
         assert record.attempt == 2
     finally:
@@ -262,7 +233,7 @@ async def test_records_carry_what_the_adapter_needs(running: Callable[..., Any])
     seen: list[Record] = []
     fake.script = lambda r: seen.append(r) or None  # type: ignore[func-returns-value]
     answer = await send(service, "contact-created", contact(7))
-    await wait_for(lambda: bool(seen))
+    await eventually(lambda: bool(seen))
     record = seen[0]
     assert record.event_id == answer["eventId"]
     assert record.payload["id"] == contact(7)["id"]

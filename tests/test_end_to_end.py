@@ -7,7 +7,6 @@ import csv
 import json
 import random
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import ROOT, ServerProcess, contact, example
+from tests.waiting import DEADLINE, eventually
 
 EXAMPLE_TOKEN = "demo-token-change-me"  # the documented default of config.example.yaml
 AUTH = {"X-Mimeeq-Token": EXAMPLE_TOKEN}
@@ -32,16 +32,6 @@ def read_csv(path: Path) -> dict[str, dict[str, str]]:
         return {}
     with path.open(newline="", encoding="utf-8") as f:
         return {row["mimeeq_contact_id"]: row for row in csv.DictReader(f)}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> float:
-    """Wait for ``condition``; return the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not reached within {timeout} s")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def post(server: ServerProcess, event: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +54,7 @@ async def test_example_contact_lifecycle_reaches_the_csv(
 
     answer = await post(server, "contact-created", example("contact-created"))
     assert answer["status"] == "queued" and answer["eventId"]
-    await asyncio.to_thread(wait_until, lambda: contact_id in read_csv(sheet), 1.0)
+    await eventually(lambda: contact_id in read_csv(sheet))
     row = read_csv(sheet)[contact_id]
     assert (row["first_name"], row["last_name"], row["email"]) == (
         "John",
@@ -75,12 +65,10 @@ async def test_example_contact_lifecycle_reaches_the_csv(
     assert row["position"] == ""
 
     await post(server, "contact-updated", example("contact-updated"))
-    await asyncio.to_thread(
-        wait_until, lambda: read_csv(sheet).get(contact_id, {}).get("position") == "Manager", 1.0
-    )
+    await eventually(lambda: read_csv(sheet).get(contact_id, {}).get("position") == "Manager")
 
     await post(server, "contact-deleted", example("contact-deleted"))
-    await asyncio.to_thread(wait_until, lambda: contact_id not in read_csv(sheet), 1.0)
+    await eventually(lambda: contact_id not in read_csv(sheet))
     assert sheet.read_text(encoding="utf-8").startswith("mimeeq_contact_id,")
     assert server.stop() == 0
 
@@ -134,7 +122,7 @@ async def test_kill_9_during_a_burst_loses_no_acknowledged_event(
             for contact_id, version in acked.items()
         )
 
-    await asyncio.to_thread(wait_until, caught_up, 30)
+    await eventually(caught_up, 2 * DEADLINE)
     rows = read_csv(sheet)
     for contact_id, version in acked.items():
         # Exactly the last acknowledged state, or the one in flight when the server died.
@@ -153,7 +141,7 @@ async def test_sigterm_drains_and_a_restart_continues(
     assert server.stop(timeout=30) == 0
     server.start()
     sheet = tmp_path / "data" / "demo-contacts.csv"
-    await asyncio.to_thread(wait_until, lambda: len(read_csv(sheet)) == 20, 10)
+    await eventually(lambda: len(read_csv(sheet)) == 20)
     assert server.stop() == 0
     log = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
     assert any(entry.get("event") == "connector stopped" for entry in log)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,15 @@ import adapters.hubspot
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
-from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact
+from tests.conftest import (
+    CUSTOMER,
+    ROOT,
+    TOKEN,
+    ServerProcess,
+    contact,
+    drained,
+    status_reaches,
+)
 from tests.fake_hubspot import FakeHubSpot
 
 HS_TOKEN = "hs-end-to-end-token"
@@ -84,18 +91,6 @@ async def post_all(url: str, events: list[tuple[str, dict[str, Any]]]) -> None:
                 assert response.status == 202, await response.text()
 
         await asyncio.gather(*(post(event, body) for event, body in events))
-
-
-def queue_rows(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
-
-
-async def drained(db: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not db.exists() or queue_rows(db):
-        assert time.monotonic() < deadline, "the queue did not drain"
-        await asyncio.sleep(0.1)
 
 
 def deleted_payload(n: int) -> dict[str, Any]:
@@ -176,7 +171,7 @@ async def test_backlog_stays_under_the_rate_limit(tmp_path: Path, fake: FakeHubS
             f"http://127.0.0.1:{service.port}",
             [("contact-created", contact(n, tags=[])) for n in range(120)],
         )
-        await drained(tmp_path / "connector.db", timeout=30)
+        await drained(tmp_path / "connector.db")
     finally:
         await service.stop()
     assert len(fake.contacts) == 120
@@ -195,17 +190,11 @@ async def test_a_revoked_token_pauses_the_target_until_it_is_fixed(
     await service.start()
     try:
         await post_all(f"http://127.0.0.1:{service.port}", [("contact-created", contact(1))])
-        for _ in range(100):
-            (status,) = await service.store.status()
-            if status.paused:
-                break
-            await asyncio.sleep(0.05)
-        assert status.paused and "401" in (status.paused_reason or "")
-        assert (status.pending, status.dead) == (1, 0)  # nothing burned into dead letters
+        # Nothing burned into dead letters while the token is refused.
+        status = await status_reaches(service, "demo/hubspot", paused=True, pending=1, dead=0)
+        assert "401" in (status.paused_reason or "")
         fake.token = HS_TOKEN  # the operator fixes the token in HubSpot
-        await drained(tmp_path / "connector.db", timeout=10)
-        (status,) = await service.store.status()
-        assert not status.paused and status.delivered == 1
+        await status_reaches(service, "demo/hubspot", paused=False, pending=0, delivered=1)
     finally:
         await service.stop()
     assert len(fake.contacts) == 1

@@ -13,8 +13,16 @@ from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
 from connector.targets import Dead
-from tests.conftest import CUSTOMER, FAKE_MAPPING, contact, fake_adapter, write_config
-from tests.test_delivery import send, wait_for
+from tests.conftest import (
+    CUSTOMER,
+    FAKE_MAPPING,
+    contact,
+    fake_adapter,
+    send,
+    status_reaches,
+    write_config,
+)
+from tests.waiting import eventually
 
 
 async def cli(*args: str) -> Result:
@@ -26,10 +34,6 @@ def config_of(service: Service) -> str:
     return str(service.config.path)
 
 
-async def dead_count(service: Service) -> int:
-    return sum(s.dead for s in await service.store.status())
-
-
 async def test_dead_letters_are_listed_shown_replayed_and_purged(running: Callable) -> None:
     service = await running()
     fake = fake_adapter(service)
@@ -37,11 +41,7 @@ async def test_dead_letters_are_listed_shown_replayed_and_purged(running: Callab
     fake.script = lambda r: Dead("HTTP 422: email is invalid") if r.contact_id in bad else None
     for n in range(4):
         await send(service, "contact-created", contact(n))
-    await wait_for(lambda: len(fake.contacts) == 2)
-    for _ in range(100):
-        if await dead_count(service) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await status_reaches(service, dead=2, delivered=2, pending=0)
     config = config_of(service)
 
     listed = await cli("dlq", "list", "--config", config)
@@ -84,18 +84,20 @@ async def test_an_operator_pauses_and_resumes_a_target(running: Callable) -> Non
     paused = await cli("pause", "--config", config, "--tenant", "demo", "--target", "fake",
                        "--reason", "CRM migration")  # fmt: skip
     assert paused.exit_code == 0, paused.output
-    await asyncio.sleep(2.5)  # the worker looks at the store every two seconds
+    # The worker follows the store: it sees the pause at its next look.
+    await eventually(lambda: service.workers["demo/fake"].paused_by == "operator")
     await send(service, "contact-created", contact(1))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # time enough for a push that should not happen
     assert fake.pushes == []
     status = json.loads((await cli("status", "--config", config, "--json")).stdout)
     assert status[0]["paused"] and status[0]["paused_reason"].endswith("CRM migration")
     assert status[0]["pending"] == 1
     resumed = await cli("resume", "--config", config, "--tenant", "demo", "--target", "fake")
     assert resumed.exit_code == 0
-    await wait_for(lambda: bool(fake.contacts), timeout=10)
+    await status_reaches(service, paused=False, delivered=1, pending=0)
     status = json.loads((await cli("status", "--config", config, "--json")).stdout)
     assert not status[0]["paused"] and status[0]["delivered"] == 1
+    assert len(fake.contacts) == 1
 
 
 async def test_trace_shows_every_step(running: Callable) -> None:
@@ -103,11 +105,12 @@ async def test_trace_shows_every_step(running: Callable) -> None:
     fake = fake_adapter(service)
     one = contact(1)["id"]
     created = await send(service, "contact-created", contact(1))
-    await wait_for(lambda: one in fake.contacts)
+    await eventually(lambda: one in fake.contacts)
     await send(service, "contact-deleted", {"id": one, "customerId": CUSTOMER})
-    await wait_for(lambda: one not in fake.contacts)
+    await eventually(lambda: one not in fake.contacts)
     late = await send(service, "contact-updated", contact(1, lastName="Late"))
     assert late["status"] == "dropped"
+    await status_reaches(service, delivered=2, pending=0)  # both outcomes are on record
     result = await cli("trace", one, "--config", config_of(service))
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -136,9 +139,8 @@ async def test_a_redelivered_webhook_is_stored_once(running: Callable) -> None:
         "reason": "already received",
     }
     fake.gate.set()
-    await wait_for(lambda: bool(fake.contacts))
-    (status,) = await service.store.status()
-    assert status.delivered == 1
+    await status_reaches(service, delivered=1, pending=0)
+    assert len(fake.pushes) == 1
 
 
 MIMEEQ_EXPORT = (
@@ -162,7 +164,7 @@ async def test_import_a_mimeeq_csv_export_twice(running: Callable, tmp_path: Pat
     assert first.exit_code == 1  # one row could not be used: said so, the rest imported
     assert "3 queued, 1 unusable" in first.stdout
     assert "line 4: id: required, but empty" in first.stderr
-    await wait_for(lambda: len(fake.contacts) == 3, timeout=10)  # picked up by the server
+    await eventually(lambda: len(fake.contacts) == 3)  # picked up by the server
     assert fake.contacts["CONT-imp-1"] == {"first": "Ada", "last": "Lovelace",
                                            "email": "ada@example.com"}  # fmt: skip
     (record,) = [r for batch in fake.pushes for r in batch if r.contact_id == "CONT-imp-2"]
@@ -189,7 +191,7 @@ async def test_import_json_lines(running: Callable, tmp_path: Path) -> None:
     assert "5 queued, 2 unusable" in result.stdout
     assert "line 3: not valid JSON" in result.stderr
     assert "line 7: customerId is not this tenant's Mimeeq customer" in result.stderr
-    await wait_for(lambda: len(fake.contacts) == 5, timeout=10)
+    await eventually(lambda: len(fake.contacts) == 5)
 
 
 async def test_stopping_releases_claims_of_pushes_that_did_not_finish(tmp_path: Path) -> None:
@@ -201,7 +203,7 @@ async def test_stopping_releases_claims_of_pushes_that_did_not_finish(tmp_path: 
     fake = fake_adapter(service)
     fake.gate = asyncio.Event()  # the push hangs
     await send(service, "contact-created", contact(1))
-    await wait_for(lambda: bool(fake.in_flight))
+    await eventually(lambda: bool(fake.in_flight))
     service.config.server.drain_timeout = 0.2
     await service.stop()
     service = Service(config)
@@ -209,6 +211,6 @@ async def test_stopping_releases_claims_of_pushes_that_did_not_finish(tmp_path: 
     try:
         # Released at stop: claimable at once, not after a lease or a recovery.
         assert (await service.store.status())[0].pending == 1
-        await wait_for(lambda: bool(fake_adapter(service).contacts))
+        await eventually(lambda: bool(fake_adapter(service).contacts))
     finally:
         await service.stop()

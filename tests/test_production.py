@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import load_config
 from connector.service import Service
-from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact
+from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
 from tests.fake_hubspot import FakeHubSpot
-from tests.test_hubspot_end_to_end import HS_TOKEN, drained, fake, hubspot_config, hubspot_token
+from tests.test_hubspot_end_to_end import HS_TOKEN, fake, hubspot_config, hubspot_token
+from tests.waiting import eventually
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
 __all__ = ["fake", "hubspot_token"]  # fixtures: the fake HubSpot, its token in the env
@@ -113,10 +113,7 @@ async def test_logs_never_show_tokens_emails_or_phone_numbers(
         async with http.post(f"{server.url}/webhooks/demo/contact-updated", json=people[0],
                              headers=AUTH) as response:  # fmt: skip
             assert response.status == 202
-        for _ in range(100):
-            if "target paused" in server.log.read_text():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: "target paused" in server.log.read_text())
     assert server.stop() == 0
     log = server.log.read_text()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
@@ -135,21 +132,20 @@ async def test_logs_never_show_tokens_emails_or_phone_numbers(
 
 
 def read_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The sheet's columns and rows by contact id; nothing before its first write."""
+    if not path.exists():
+        return [], {}
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         return list(reader.fieldnames or []), {r["mimeeq_contact_id"]: r for r in reader}
 
 
-async def wait_for_file(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except (FileNotFoundError, KeyError):
-            pass
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.05)
+def cell(path: Path, n: int, column: str) -> str | None:
+    return read_csv(path)[1].get(contact(n)["id"], {}).get(column)
+
+
+def log_count(server: ServerProcess, text: str) -> int:
+    return server.log.read_text().count(text)
 
 
 async def test_sighup_reloads_mappings_and_refuses_a_broken_config(
@@ -181,29 +177,32 @@ async def test_sighup_reloads_mappings_and_refuses_a_broken_config(
 
     async with aiohttp.ClientSession() as http:
         await flow(http, 1)
-        await wait_for_file(lambda: read_csv(sheet)[0] == ["mimeeq_contact_id", "first"])
+        await eventually(lambda: read_csv(sheet)[0] == ["mimeeq_contact_id", "first"])
 
-        # Change the mapping while events keep flowing; SIGHUP; the next pushes use it.
+        # Change the mapping while events keep flowing; SIGHUP; the pushes after it use it.
         mapping.write_text("fields:\n  first: firstName\n  last: lastName\n")
         server.proc.send_signal(signal.SIGHUP)
-        for n in range(2, 30):
+        for n in range(2, 29):
             await flow(http, n)
             await asyncio.sleep(0.02)
-        await wait_for_file(lambda: read_csv(sheet)[1][contact(29)["id"]]["last"] == "Doe")
+        await eventually(lambda: log_count(server, "config reloaded") == 1)
+        await flow(http, 29)
+        await eventually(lambda: cell(sheet, 29, "last") == "Doe")
 
         # Same columns, computed differently: swapped in without restarting the target.
         mapping.write_text("fields:\n  first: firstName\n  last: {from: lastName, case: upper}\n")
         server.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await eventually(lambda: log_count(server, "config reloaded") == 2)
         await flow(http, 30)
-        await wait_for_file(lambda: read_csv(sheet)[1][contact(30)["id"]]["last"] == "DOE")
+        await eventually(lambda: cell(sheet, 30, "last") == "DOE")
 
         # A broken config is refused; the running one keeps working.
         config_path.write_text(config_path.read_text() + "\n  : nonsense: [\n")
         server.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await eventually(lambda: log_count(server, "config reload refused") == 1)
         await flow(http, 40)
-        await wait_for_file(lambda: read_csv(sheet)[1][contact(40)["id"]]["last"] == "DOE")
+        await eventually(lambda: cell(sheet, 40, "last") == "DOE")
+        await eventually(lambda: len(read_csv(sheet)[1]) == sent)
     assert server.proc.poll() is None  # still serving
     assert server.stop() == 0
     log = server.log.read_text()

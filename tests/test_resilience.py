@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
-from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact
+from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
 from tests.fake_hubspot import FakeHubSpot
-from tests.test_hubspot_end_to_end import drained, fake, hubspot_config, hubspot_token
+from tests.test_hubspot_end_to_end import fake, hubspot_config, hubspot_token
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
 __all__ = ["fake", "hubspot_token"]  # fixtures: the fake HubSpot, its token in the env
@@ -95,7 +95,7 @@ async def test_sigkill_at_random_moments_loses_nothing(
         await asyncio.gather(*(one_contact(http, n) for n in range(300)))
     await killing
     assert kills == 5
-    await drained(tmp_path / "connector.db", timeout=60)
+    await drained(tmp_path / "connector.db")
     assert server.stop() == 0
 
     live = live_by_mimeeq_id(fake)
@@ -130,7 +130,7 @@ async def test_an_outage_mid_burst_delays_but_loses_nothing(
             await asyncio.sleep(1.5)
             fake.down = False
             await fake.start(fake.port)
-        await drained(tmp_path / "connector.db", timeout=30)
+        await drained(tmp_path / "connector.db")
         statuses = await service.store.status()
     finally:
         await service.stop()
@@ -169,7 +169,7 @@ async def test_sigterm_during_a_burst_drains_in_time_and_loses_nothing(
     assert code == 0
     assert took < 10 + 2  # drain_timeout 10 s, plus the process's own exit
     server.start()
-    await drained(tmp_path / "connector.db", timeout=30)
+    await drained(tmp_path / "connector.db")
     assert server.stop() == 0
     live = live_by_mimeeq_id(fake)
     assert {contact(n)["id"] for n in acked} <= set(live)

@@ -7,7 +7,6 @@ import asyncio
 import collections
 import random
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import yaml
 from aiohttp import web
 
 from connector.mapping import load_mapping
-from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact
+from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact, drained
 
 CRM_TOKEN = "crm-end-to-end-token-0123456789"
 MAPPING = ROOT / "mappings" / "rest-contacts.yaml"
@@ -167,17 +166,6 @@ async def post_all(url: str, events: list[tuple[str, dict[str, Any]]]) -> list[s
                 return str((await response.json())["status"])
 
         return await asyncio.gather(*(post(event, body) for event, body in events))
-
-
-async def drained(db: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if db.exists():
-            with sqlite3.connect(db) as conn:
-                if not conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]:
-                    return
-        assert time.monotonic() < deadline, "the queue did not drain"
-        await asyncio.sleep(0.1)
 
 
 async def test_100_contacts_reach_a_flaky_rest_crm_exactly_as_mapped(

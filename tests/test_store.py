@@ -27,11 +27,12 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.errors import ConfigError
-from connector.store.base import NewEvent, Result, Store
+from connector.store.base import ClaimedItem, NewEvent, Result, Store
 from connector.store.postgres import PostgresStore, redacted
 from connector.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from connector.store.sqlite import SQLiteStore
 from tests.conftest import write_config
+from tests.waiting import eventually
 
 T = "demo/crm"
 
@@ -231,13 +232,18 @@ async def test_delivered_rows_leave_the_queue_and_are_counted(store: Store) -> N
 async def test_a_retry_waits_until_due_and_counts_the_attempt(store: Store) -> None:
     await store.append(event("c1"))
     claim = await store.claim(T, 10, 60)
-    due = time.time() + 0.3
+    due = time.time() + 1.0
     await store.complete(claim, [Result("c1", "retry", error="503", due_at=due)])
     assert (await store.claim(T, 10, 60)).items == []
     next_due = await store.next_due(T)
     assert next_due == pytest.approx(due)
-    await asyncio.sleep(0.35)
-    (item,) = (await store.claim(T, 10, 60)).items
+
+    async def due_again() -> list[ClaimedItem]:
+        items = (await store.claim(T, 10, 60)).items
+        assert not items or time.time() >= due, "claimed before it was due"
+        return items
+
+    (item,) = await eventually(due_again)
     assert item.attempts == 1
 
 
@@ -558,8 +564,8 @@ async def test_another_writer_is_waited_for_without_blocking_the_loop(
 
     ticking = asyncio.create_task(ticker())
     appending = asyncio.create_task(store.append(event("c1")))
-    await asyncio.sleep(0.3)
-    assert not appending.done() and ticks >= 15  # waiting, and the loop still runs
+    await eventually(lambda: ticks >= 15)  # the loop runs while the append waits
+    assert not appending.done()
     other.execute("COMMIT")
     assert (await appending).status == "queued"
     ticking.cancel()
