@@ -1,39 +1,70 @@
-"""HubSpot target: contacts upserted in batches by a unique property, through hubspot-api-client.
+"""HubSpot target: contacts upserted in batches by a unique property, as a mirror of Mimeeq.
 
+Writes
 * Creates and updates go through ``batch/upsert`` keyed by ``id_property`` (a unique custom
   property filled with the Mimeeq id by the connector itself, or ``email``): no search-then-create,
-  so two workers can never create the same contact twice. Only mapped properties are written.
+  so two workers can never create the same contact twice.
+* An upsert is a diff (see :mod:`connector.targets`): it sends the record's changes, ``""`` for
+  each property in ``Record.cleared`` (HubSpot clears a property with ""), and the id property.
+  A property neither changed nor cleared is not sent: what a HubSpot user set on properties the
+  connector never wrote is never touched. If HubSpot answers ``"new": true`` to a partial write
+  (someone deleted the contact in HubSpot), the whole record is written right after, in the same
+  push, so the new contact is not left half-filled (if that fails, this process writes the whole
+  record the next time).
 * Outcomes are per record. In a 207 the accepted records are delivered, refused ones are dead with
   HubSpot's message, others retried. A 4xx that does not say which input is at fault is split in
   halves until the bad records stand alone.
 * An e-mail that already belongs to a HubSpot contact ("Contact already exists. Existing ID: N")
-  makes the connector adopt that contact: it is updated by id with the mapped properties and the
-  unique id property, so later upserts find it.
+  makes the connector adopt that contact: it is updated by id with the whole mapped record and the
+  unique id property, so later upserts find it. Nothing is cleared on it: the connector never
+  wrote that contact.
+* With ``associate_company``, a contact is linked to the company whose ``company_id_property`` is
+  its Mimeeq ``companyId``, and HubSpot is called only when that company changed (or was not in
+  HubSpot yet): the old association is removed, the new one made. ``Delivered.company`` tells the
+  worker what is linked now; a failed association retries the record.
 * Deletes archive (by the remembered id, else looked up by the unique property), GDPR-delete, or
   are ignored, per ``on_delete``. A contact already gone counts as delivered.
-* Every call waits for the account's rate limiter, has a timeout, and runs in a thread: the client
-  is synchronous. 429s are waited out without counting as failures; a DAILY 429 pauses the target
-  until midnight UTC; 401/403 pause it until a probe succeeds.
+
+Values: HubSpot takes strings only. A list (multiple checkboxes, e.g. tags) is written item by
+item: each item stripped, a ``;`` inside an item replaced by ``,`` (HubSpot separates checkbox
+values with ``;``: "eco; green" must stay one option), empty and repeated items dropped, joined
+with ``;``. A text value of an ``auto_options`` property is split on ``;`` and cleaned the same
+way; the connector adds an option to such a property for each new item (Mimeeq tags and statuses
+are free text; HubSpot takes only values that are options).
+
+Transport: one write at a time, really. hubspot-api-client builds every request (paths, auth
+header, serialisation of bodies and models) but sends none: each API object's
+``api_client.request`` is replaced by a function that returns what it is given, which the client
+hands back as is (``_preload_content=False``). An ``httpx.AsyncClient`` sends it, so cancelling
+a push (the worker's ``push_timeout``) closes the connection and nothing of that push is sent
+afterwards: no thread carries on. Each request waits for the account's rate limiter, checks the
+worker's claim (``check_claim``) and the daily budget, and must be answered in full within
+``call_timeout`` (connect to last byte, however slowly it trickles). A 5xx or a connection that
+could not be made is tried again a few times; a write that went out without an answer is not: it
+may still land, so the records wait (``maybe_written``) and the next write of those contacts goes
+after it. 429s are waited out without counting as failures; 401/403 pause the target until a probe
+succeeds. The daily budget: once ``X-HubSpot-RateLimit-Daily-Remaining`` is at most
+``rate_limit.daily_reserve``, or a 429 says the DAILY limit is reached, the target pauses until
+midnight in the portal's time zone (when HubSpot resets it; read from the account-info API once a
+day, UTC if it cannot be read).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import functools
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import httpx
 import hubspot
 import orjson
-import urllib3
-from hubspot.crm.associations.v4 import ApiException as AssociationsApiException
-from hubspot.crm.companies import ApiException as CompaniesApiException
-from hubspot.crm.contacts import ApiException as ContactsApiException
-from hubspot.crm.properties import ApiException as PropertiesApiException
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from tenacity import (
     AsyncRetrying,
@@ -43,11 +74,12 @@ from tenacity import (
     wait_random,
 )
 
-from connector.errors import RetryableError, TargetPaused
+from connector.errors import DeliveryError, RetryableError, TargetPaused
 from connector.observability import get_logger
 from connector.ratelimit import LimiterFactory, RateLimiter, shared_limiter
 from connector.targets import (
     Adapter,
+    CompanyLink,
     Dead,
     Delivered,
     Outcome,
@@ -56,25 +88,31 @@ from connector.targets import (
     TargetContext,
     TargetReporter,
     TargetSettings,
+    check_claim,
 )
 
 log = get_logger("adapters.hubspot")
 
-API_EXCEPTIONS = (
-    ContactsApiException,
-    CompaniesApiException,
-    AssociationsApiException,
-    PropertiesApiException,
-)
 MAX_INPUTS = 100  # HubSpot's batch limit (not in its spec: enforced here)
 EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 AUTH_PROBE = 60.0  # seconds between probes of a target paused for its credentials
+ZONE_TTL = 86_400.0  # the portal's time zone is read again after a day ...
+ZONE_RETRY = 3_600.0  # ... or an hour after it could not be read
+PLACEHOLDER = {"label": "(none yet)", "value": "mimeeq_none", "hidden": True, "displayOrder": 0}
+STATUS_OPTIONS = [
+    {"label": "Active", "value": "ACTIVE", "hidden": False, "displayOrder": 0},
+    {"label": "Inactive", "value": "INACTIVE", "hidden": False, "displayOrder": 1},
+]
+OPTION_KEYS = ("label", "value", "description", "displayOrder", "hidden")
 
 
 class RateLimit(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requests: int = Field(default=100, ge=1)
     per_seconds: float = Field(default=10.0, gt=0)
+    daily_reserve: int = Field(
+        default=0, ge=0, description="pause once the daily budget left is this or less"
+    )
 
 
 class HubSpotSettings(TargetSettings):
@@ -85,12 +123,15 @@ class HubSpotSettings(TargetSettings):
     rate_limit: RateLimit = RateLimit()
     associate_company: bool = False
     company_id_property: str = Field(default="mimeeq_company_id", pattern=r"^[a-z0-9_]+$")
-    # Multiple-checkbox properties whose options the connector adds when a new value shows up
-    # (Mimeeq tags are free text; HubSpot only takes values that are options).
-    auto_options: list[str] = ["mimeeq_tags"]
+    # Enumeration properties whose options the connector adds when a new value shows up
+    # (Mimeeq tags and statuses are free text; HubSpot only takes values that are options).
+    auto_options: list[str] = ["mimeeq_tags", "mimeeq_status"]
     property_group: str = Field(default="mimeeq", pattern=r"^[a-z0-9_]+$")
     connect_timeout: float = Field(default=5.0, gt=0)
-    read_timeout: float = Field(default=30.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0, description="longest wait for one read (s)")
+    call_timeout: float = Field(
+        default=60.0, gt=0, description="bound on one request, connect to last byte (s)"
+    )
 
 
 @dataclass
@@ -116,6 +157,35 @@ class Answer:
         return [r for r in found or [] if isinstance(r, dict)]
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as hubspot-api-client built it, to be sent by httpx."""
+
+    method: str
+    url: str
+    params: list[tuple[str, Any]]
+    headers: dict[str, str]
+    body: Any  # JSON-ready (the client serialised the models), or None
+
+    @property
+    def writes(self) -> bool:
+        return self.method != "GET" and not self.url.endswith("/batch/read")
+
+
+def _capture(
+    method: str,
+    url: str,
+    query_params: list[tuple[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    post_params: Any = None,
+    body: Any = None,
+    _preload_content: bool = True,
+    _request_timeout: Any = None,
+) -> Request:
+    """Stands in for ``ApiClient.request``: keeps the request instead of sending it."""
+    return Request(method.upper(), url, list(query_params or []), dict(headers or {}), body)
+
+
 class _Transient(Exception):
     """A 5xx or a connection problem: worth another try within the same push."""
 
@@ -138,13 +208,36 @@ def _number(text: str | None) -> float | None:
         return None
 
 
-def _next_midnight_utc() -> float:
-    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
-    return dt.datetime.combine(tomorrow, dt.time(), tzinfo=dt.UTC).timestamp()
+def _int(text: str | None) -> int | None:
+    number = _number(text)
+    return int(number) if number is not None else None
+
+
+def next_midnight(zone: dt.tzinfo, now: float | None = None) -> float:
+    """The next midnight in ``zone``, as a Unix time."""
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now, zone).date()
+    tomorrow = today + dt.timedelta(days=1)
+    return dt.datetime.combine(tomorrow, dt.time(), tzinfo=zone).timestamp()
+
+
+def portal_zone(body: Any) -> dt.tzinfo:
+    """The time zone in an account-info answer: its IANA name, else its current UTC offset."""
+    if not isinstance(body, dict):
+        raise ValueError("no account details in the answer")
+    name = body.get("timeZone")
+    if isinstance(name, str) and name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass  # not in this machine's time zone database: the offset is close enough
+    offset = body.get("utcOffsetMilliseconds")
+    if isinstance(offset, int | float) and not isinstance(offset, bool):
+        return dt.timezone(dt.timedelta(milliseconds=offset))
+    raise ValueError(f"unknown time zone {name!r}")
 
 
 class HubSpotApi:
-    """The calls the adapter makes, each rate-limited, timed out and run off the event loop."""
+    """The calls the adapter makes: built by hubspot-api-client, sent by httpx (see the module)."""
 
     transient_attempts = 3  # tries of one call on a 5xx or a connection error
     max_throttled = 5  # 429s waited out within one call before giving up for now
@@ -159,14 +252,8 @@ class HubSpotApi:
         self.settings = settings
         self.report = report or TargetReporter()
         token = settings.access_token.get_secret_value()
-        # `retry=0`: urllib3 never retries on its own (POSTs are not idempotent to it anyway).
-        client = hubspot.Client.create(
-            access_token=token,
-            host=settings.base_url.rstrip("/"),
-            retry=urllib3.Retry(total=0, raise_on_status=False),
-            connection_pool_maxsize=workers,
-        )
-        # Every property access builds a new API object and pool: keep one of each.
+        client = hubspot.Client.create(access_token=token, host=settings.base_url.rstrip("/"))
+        # Every property access builds a new API object: keep one of each.
         crm = client.crm
         self.contacts = crm.contacts.batch_api
         self.contacts_basic = crm.contacts.basic_api
@@ -174,40 +261,63 @@ class HubSpotApi:
         self.associations = crm.associations.v4.batch_api
         self.properties = crm.properties.core_api
         self.groups = crm.properties.groups_api
-        self.timeout = (settings.connect_timeout, settings.read_timeout)
+        apis = (self.contacts, self.contacts_basic, self.companies, self.associations,
+                self.properties, self.groups)  # fmt: skip
+        for api in apis:
+            api.api_client.request = _capture
+        # The client has no account-info API: its generic call builds the request all the same.
+        self.account_info = functools.partial(
+            self.contacts.api_client.call_api,
+            "/account-info/v3/details",
+            "GET",
+            header_params={"Accept": "application/json"},
+            response_types_map={},
+            auth_settings=["oauth2"],
+        )
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
+            follow_redirects=False,
+        )
         self.limiter: RateLimiter = limiter(
             settings.base_url, token, settings.rate_limit.requests, settings.rate_limit.per_seconds
         )
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hubspot")
+        self.zone: dt.tzinfo = dt.UTC  # the portal's, once read
+        self._zone_due = 0.0  # time.monotonic() when to read it (again)
+        self._zone_warned = False
+        self._paused: tuple[float, str] | None = None  # daily budget spent: (until, why)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        await self.http.aclose()
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Answer:
         """One API call: 2xx/207 and 4xx answers are returned; the rest is handled here."""
+        return await self._call(fn(*args, _preload_content=False), self.transient_attempts)
+
+    async def _call(self, request: Request, attempts: int) -> Answer:
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.transient_attempts),
+                stop=stop_after_attempt(attempts),
                 wait=wait_exponential(multiplier=0.5, max=4) + wait_random(0, 0.5),
                 retry=retry_if_exception_type(_Transient),
                 reraise=True,
             ):
                 with attempt:
-                    return await self._call_waiting_out_429(fn, *args)
+                    return await self._call_waiting_out_429(request)
         except _Transient as exc:
             raise RetryableError(str(exc), after=exc.after) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _call_waiting_out_429(self, fn: Callable[..., Any], *args: Any) -> Answer:
+    async def _call_waiting_out_429(self, request: Request) -> Answer:
         for _ in range(self.max_throttled):
             self.report.rate_wait(await self.limiter.acquire())
-            answer = await self._send(fn, *args)
+            answer = await self._send(request)
             if answer.status == 429:
                 policy = answer.body.get("policyName") if isinstance(answer.body, dict) else None
                 if policy == "DAILY":
                     raise TargetPaused(
                         f"HubSpot daily API limit reached: {answer.message}",
-                        until=_next_midnight_utc(),
+                        until=next_midnight(self.zone),
                     )
                 self.limiter.hold(self._wait_after_429(answer))
                 continue
@@ -216,7 +326,7 @@ class HubSpotApi:
                     f"HubSpot refused the token (HTTP {answer.status}): {answer.message}",
                     until=time.time() + AUTH_PROBE,
                 )
-            if answer.status == 0 or answer.status >= 500:
+            if answer.status >= 500:
                 after = _number(_header(answer.headers, "Retry-After"))
                 raise _Transient(f"HubSpot HTTP {answer.status}: {answer.message}", after)
             return answer
@@ -233,60 +343,120 @@ class HubSpotApi:
         interval = _number(_header(answer.headers, "X-HubSpot-RateLimit-Interval-Milliseconds"))
         return interval / 1000 if interval else self.settings.rate_limit.per_seconds
 
-    async def _send(self, fn: Callable[..., Any], *args: Any) -> Answer:
-        loop = asyncio.get_running_loop()
+    async def _send(self, request: Request) -> Answer:
+        if self._paused is not None:
+            until, why = self._paused
+            if time.time() < until:
+                raise TargetPaused(why, until=until)
+            self._paused = None
+        check_claim()
+        sent = False
+
+        async def trace(event: str, info: Mapping[str, Any]) -> None:
+            nonlocal sent
+            sent = sent or ".send_request_headers." in event
+
+        content = orjson.dumps(request.body) if request.body is not None else None
         started = time.monotonic()
-        answer = await loop.run_in_executor(self._executor, self._blocking_send, fn, args)
-        self.report.request(answer.status, time.monotonic() - started)
-        headers = answer.headers
+        try:
+            # httpx's timeouts bound each read; this bounds the whole answer.
+            async with asyncio.timeout(self.settings.call_timeout):
+                response = await self.http.request(
+                    request.method,
+                    request.url,
+                    params=request.params,
+                    headers=request.headers,
+                    content=content,
+                    extensions={"trace": trace},
+                )
+        except (httpx.TransportError, TimeoutError) as exc:
+            self.report.request(0, time.monotonic() - started)
+            if isinstance(exc, TimeoutError):
+                what = f"no full answer within call_timeout ({self.settings.call_timeout:g} s)"
+            else:
+                what = f"{type(exc).__name__}: {exc}"
+            if not sent:
+                raise _Transient(f"cannot reach HubSpot: {what}") from None
+            if not request.writes:
+                raise _Transient(f"HubSpot did not answer: {what}") from None
+            raise RetryableError(
+                f"HubSpot did not answer a write ({what}): it may still land",
+                maybe_written=True,
+            ) from None
+        self.report.request(response.status_code, time.monotonic() - started)
+        answer = Answer(response.status_code, dict(response.headers), _json(response.content))
+        self._observe(answer.headers)
+        return answer
+
+    def _observe(self, headers: dict[str, str]) -> None:
         self.limiter.observe(
             remaining=_int(_header(headers, "X-HubSpot-RateLimit-Remaining")),
             limit=_int(_header(headers, "X-HubSpot-RateLimit-Max")),
             interval=(_number(_header(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")) or 0)
             / 1000,
         )
-        return answer
+        left = _int(_header(headers, "X-HubSpot-RateLimit-Daily-Remaining"))
+        reserve = self.settings.rate_limit.daily_reserve
+        if left is not None and left <= reserve and self._paused is None:
+            daily = _header(headers, "X-HubSpot-RateLimit-Daily") or "?"
+            why = (
+                f"HubSpot daily API budget: {left} of {daily} calls left, "
+                f"rate_limit.daily_reserve is {reserve}"
+            )
+            self._paused = (next_midnight(self.zone), why)
 
-    def _blocking_send(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Answer:
+    def zone_due(self) -> bool:
+        return time.monotonic() >= self._zone_due
+
+    async def read_zone(self) -> dt.tzinfo:
+        """Read the portal's time zone (its daily limit resets at its midnight); UTC if unknown."""
+        self._zone_due = time.monotonic() + ZONE_RETRY  # set first: one read at a time
         try:
-            response = fn(*args, _preload_content=False, _request_timeout=self.timeout)
-        except API_EXCEPTIONS as exc:
-            return Answer(exc.status or 0, dict(exc.headers or {}), _json(exc.body))
-        except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out, ...
-            return Answer(0, {}, f"cannot reach HubSpot: {type(exc).__name__}: {exc}")
-        try:
-            return Answer(response.status, dict(response.headers), _json(response.data))
-        finally:
-            response.release_conn()
+            answer = await self._call(self.account_info(_preload_content=False), attempts=1)
+            if answer.status != 200:
+                raise ValueError(f"HTTP {answer.status}: {answer.message}")
+            self.zone = portal_zone(answer.body)
+        except (DeliveryError, ValueError) as exc:
+            if not self._zone_warned:
+                self._zone_warned = True
+                log.warning(
+                    "cannot read the HubSpot portal's time zone (when its daily limit resets)",
+                    error=str(exc),
+                    assumed=str(self.zone),
+                )
+            return self.zone
+        self._zone_due = time.monotonic() + ZONE_TTL
+        return self.zone
 
 
-def _int(text: str | None) -> int | None:
-    number = _number(text)
-    return int(number) if number is not None else None
-
-
-def _json(data: Any) -> Any:
+def _json(data: bytes) -> Any:
     if not data:
         return None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        return data.decode("utf-8", "replace")
 
 
-def hubspot_value(value: Any) -> str:
-    """HubSpot takes strings only: lists join with ';' (multiple checkboxes), booleans true/false"""
+def hubspot_value(value: Any, *, options: bool = False) -> str:
+    """HubSpot takes strings only: lists are multiple-checkbox values (see the module docstring),
+    booleans true/false. ``options``: a text value of an enumeration, cleaned like a list."""
+    if isinstance(value, list | tuple):
+        return _options(value)
     if isinstance(value, str):
-        return value
+        return _options(value.split(";")) if options else value
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return ""
-    if isinstance(value, list | tuple):
-        return ";".join(hubspot_value(v) for v in value)
     if isinstance(value, dict):
         return orjson.dumps(value).decode()
     return str(value)
+
+
+def _options(items: Iterable[Any]) -> str:
+    cleaned = (hubspot_value(item).replace(";", ",").strip() for item in items)
+    return ";".join(dict.fromkeys(item for item in cleaned if item))
 
 
 @dataclass
@@ -295,7 +465,8 @@ class _Upsert:
     record: Record
     key: str  # the id_property value HubSpot matches on
     properties: dict[str, str]
-    notes: list[str] = field(default_factory=list)
+    partial: bool = False  # some mapped values were left out: HubSpot has them already
+    new: bool = False  # HubSpot created the contact with this write
 
 
 class HubSpotAdapter(Adapter):
@@ -321,13 +492,20 @@ class HubSpotAdapter(Adapter):
         self._options: dict[str, set[str] | None] = {}  # auto_options property -> known options
         self._options_lock = asyncio.Lock()
         self._companies: dict[str, tuple[str | None, float]] = {}  # company id -> (HubSpot id, at)
+        self._half_filled: set[str] = set()  # contacts to write whole: see _upsert
+
+    @property
+    def associates_companies(self) -> bool:
+        return self.settings.associate_company
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.api.close)
+        await self.api.close()
 
     # --- push --------------------------------------------------------------------------------
 
     async def push(self, records: Sequence[Record]) -> Sequence[Outcome]:
+        if self.api.zone_due():  # before the daily budget runs out, when it can still be read
+            await self.api.read_zone()
         outcomes: dict[int, Outcome] = {}
         upserts = [(i, r) for i, r in enumerate(records) if r.op == "upsert"]
         deletes = [(i, r) for i, r in enumerate(records) if r.op == "delete"]
@@ -337,37 +515,70 @@ class HubSpotAdapter(Adapter):
             try:
                 outcomes.update(await run(items))
             except RetryableError as exc:  # this half of the batch waits; the other stands
-                retry = Retry(str(exc), exc.after, exc.count_attempt)
+                retry = Retry(str(exc), exc.after, exc.count_attempt, exc.maybe_written)
                 outcomes.update({i: retry for i, _ in items if i not in outcomes})
         return [outcomes[i] for i in range(len(records))]
 
     # --- creates and updates -----------------------------------------------------------------
+
+    def _encode(self, values: Mapping[str, Any]) -> dict[str, str]:
+        enumerations = self.settings.auto_options
+        return {name: hubspot_value(v, options=name in enumerations) for name, v in values.items()}
+
+    def _whole(self, u: _Upsert) -> _Upsert:
+        """The same contact with every mapped value, nothing cleared."""
+        properties = self._encode(u.record.fields)
+        if self.settings.id_property != "email":
+            properties[self.settings.id_property] = u.key
+        return dataclasses.replace(u, properties=properties, partial=False, new=False)
 
     async def _upsert(self, items: list[tuple[int, Record]]) -> dict[int, Outcome]:
         outcomes: dict[int, Outcome] = {}
         upserts: list[_Upsert] = []
         id_property = self.settings.id_property
         for index, record in items:
-            properties = {name: hubspot_value(v) for name, v in record.fields.items()}
+            whole = record.contact_id in self._half_filled
+            properties = self._encode(record.fields if whole else record.changes)
+            properties.update(dict.fromkeys(record.cleared, ""))
             if id_property == "email":
-                key = properties.get("email", "").strip()
+                key = hubspot_value(record.fields.get("email")).strip()
                 if not key:
                     outcomes[index] = Dead("no e-mail address: this target upserts by email")
                     continue
             else:
                 key = properties[id_property] = record.contact_id
-            upserts.append(_Upsert(index, record, key, properties))
+            partial = bool(record.unchanged) and not whole
+            upserts.append(_Upsert(index, record, key, properties, partial))
         if not upserts:
             return outcomes
+        await self._write(upserts, outcomes)
+        # HubSpot created a contact that got only the changes: someone deleted it in HubSpot.
+        lost = [
+            u for u in upserts if u.new and u.partial and isinstance(outcomes[u.index], Delivered)
+        ]
+        # Until the whole record is written, the next write of these contacts is whole.
+        self._half_filled.update(u.record.contact_id for u in lost)
+        if lost:
+            await self._write([self._whole(u) for u in lost], outcomes)
+            for u in lost:
+                outcome = outcomes[u.index]
+                if isinstance(outcome, Delivered):
+                    note = "not in HubSpot any more: created again, with the whole record"
+                    outcomes[u.index] = dataclasses.replace(outcome, note=note)
+        self._half_filled.difference_update(
+            u.record.contact_id for u in upserts if isinstance(outcomes.get(u.index), Delivered)
+        )
+        if self.settings.associate_company:
+            delivered = [u for u in upserts if isinstance(outcomes.get(u.index), Delivered)]
+            await self._associate(delivered, outcomes)
+        return outcomes
+
+    async def _write(self, upserts: list[_Upsert], outcomes: dict[int, Outcome]) -> None:
         await self._ensure_options(upserts)
         adopt: dict[int, str] = {}
         await self._upsert_batch(upserts, outcomes, adopt)
         if adopt:
             await self._adopt([u for u in upserts if u.index in adopt], adopt, outcomes)
-        if self.settings.associate_company:
-            delivered = [u for u in upserts if isinstance(outcomes.get(u.index), Delivered)]
-            await self._associate(delivered, outcomes)
-        return outcomes
 
     async def _upsert_batch(
         self, batch: list[_Upsert], outcomes: dict[int, Outcome], adopt: dict[int, str]
@@ -394,6 +605,7 @@ class HubSpotAdapter(Adapter):
         for u in batch:
             key = self._norm(u.key)
             if key in found:
+                u.new = found[key].get("new") is True
                 outcomes[u.index] = Delivered(remote_id=str(found[key].get("id")))
             elif key in failed:
                 self._per_input_error(u, failed[key], outcomes, adopt)
@@ -479,8 +691,12 @@ class HubSpotAdapter(Adapter):
     async def _adopt(
         self, batch: list[_Upsert], adopt: dict[int, str], outcomes: dict[int, Outcome]
     ) -> None:
-        """Update existing contacts by id, setting the unique id property so upserts find them."""
-        by_id = {adopt[u.index]: u for u in batch}
+        """Update existing contacts by id, setting the unique id property so upserts find them.
+
+        The contact is new to the connector: it gets the whole record and nothing is cleared.
+        """
+        by_id = {adopt[u.index]: self._whole(u) for u in batch}
+        await self._ensure_options(list(by_id.values()))
         body = {"inputs": [{"id": hs_id, "properties": u.properties} for hs_id, u in by_id.items()]}
         answer = await self.api.call(self.api.contacts.update, body)
         if answer.status >= 400:
@@ -524,51 +740,100 @@ class HubSpotAdapter(Adapter):
                 if answer.status != 200 or not isinstance(answer.body, dict):
                     self._options[name] = None  # no such property: the upsert will say so
                     continue
-                current = {str(o.get("value")) for o in answer.body.get("options") or []}
-                self._options[name] = current
-                if wanted <= current:
+                if answer.body.get("type") != "enumeration":
+                    self._options[name] = None  # text takes any value
                     continue
-                options = [
-                    {"label": value, "value": value, "displayOrder": i, "hidden": False}
-                    for i, value in enumerate(sorted(current | wanted))
-                ]
+                options = [o for o in answer.body.get("options") or [] if isinstance(o, dict)]
+                current = {str(o.get("value")) for o in options}
+                self._options[name] = current
+                added = sorted(wanted - current)
+                if not added:
+                    continue
                 answer = await self.api.call(
-                    self.api.properties.update, "contacts", name, {"options": options}
+                    self.api.properties.update,
+                    "contacts",
+                    name,
+                    {"options": _with_options(options, added)},
                 )
                 if answer.status == 200:
-                    current.update(wanted)
+                    current.update(added)
                 else:
                     log.warning("cannot add options", property=name, error=answer.message)
 
     # --- company associations ----------------------------------------------------------------
 
     async def _associate(self, upserts: list[_Upsert], outcomes: dict[int, Outcome]) -> None:
-        wanted = {u.index: str(u.record.payload.get("companyId") or "") for u in upserts}
-        company_ids = await self._company_ids({c for c in wanted.values() if c})
-        pairs: list[tuple[_Upsert, Delivered, str]] = []
+        """Link each delivered contact to its company, calling HubSpot only when that changed."""
+        moving: list[tuple[_Upsert, str, CompanyLink | None]] = []  # (upsert, contact, old link)
         for u in upserts:
-            company = wanted[u.index]
             delivered = outcomes[u.index]
             assert isinstance(delivered, Delivered)
-            hs_company = company_ids.get(company) if company else None
-            if company and hs_company is None:
-                note = f"company {company} not in HubSpot ({self.settings.company_id_property})"
-                outcomes[u.index] = Delivered(delivered.remote_id, _join(delivered.note, note))
-            elif hs_company and delivered.remote_id:
-                pairs.append((u, delivered, hs_company))
-        if not pairs:
+            old, company = u.record.company, u.record.company_id
+            if u.new or delivered.remote_id != u.record.remote_id:
+                old = None  # HubSpot made the contact anew, or we adopted one: nothing is linked
+            # Linked already (or no company at all), or no id to link: leave it as it is.
+            done = old.remote_id is not None and old.company_id == company if old else not company
+            if done or delivered.remote_id is None:
+                outcomes[u.index] = dataclasses.replace(delivered, company=old)
+            else:
+                moving.append((u, delivered.remote_id, old))
+        if not moving:
             return
-        body = {"inputs": [{"from": {"id": d.remote_id}, "to": {"id": c}} for _, d, c in pairs]}
-        answer = await self.api.call(
-            self.api.associations.create_default, "contacts", "companies", body
+        company_ids = await self._company_ids(
+            {c for u, _, _ in moving if (c := u.record.company_id)}
         )
-        for u, delivered, company in pairs:
-            note = (
-                f"associated with company {company}"
-                if answer.status < 300 and not answer.errors
-                else f"company association failed: {answer.message}"
+        failed: dict[int, str] = {}  # record index -> why
+        removals = []  # (upsert, HubSpot contact id, HubSpot company id)
+        additions = []
+        for u, contact, old in moving:
+            company = u.record.company_id
+            new = company_ids.get(company) if company else None
+            if old is not None and old.remote_id and old.remote_id != new:
+                removals.append((u, contact, old.remote_id))
+            if new and (old is None or old.remote_id != new):
+                additions.append((u, contact, new))
+        if removals:
+            body: dict[str, Any] = {
+                "inputs": [{"from": {"id": c}, "to": [{"id": old}]} for _, c, old in removals]
+            }
+            answer = await self.api.call(
+                self.api.associations.archive, "contacts", "companies", body
             )
-            outcomes[u.index] = Delivered(delivered.remote_id, _join(delivered.note, note))
+            if answer.status >= 300:
+                for u, _, _ in removals:
+                    failed[u.index] = f"removing the old company association: {_describe(answer)}"
+        additions = [a for a in additions if a[0].index not in failed]
+        if additions:
+            body = {"inputs": [{"from": {"id": c}, "to": {"id": new}} for _, c, new in additions]}
+            answer = await self.api.call(
+                self.api.associations.create_default, "contacts", "companies", body
+            )
+            made = {
+                (str((r.get("from") or {}).get("id")), str((r.get("to") or {}).get("id")))
+                for r in answer.results
+            }
+            for u, c, new in additions:
+                if (c, new) not in made:
+                    failed[u.index] = f"associating the company: {_describe(answer)}"
+        for u, _, _ in moving:
+            delivered = outcomes[u.index]
+            assert isinstance(delivered, Delivered)
+            company = u.record.company_id
+            if u.index in failed:
+                outcomes[u.index] = Retry(failed[u.index])
+            elif company is None:
+                outcomes[u.index] = dataclasses.replace(
+                    delivered, note=_join(delivered.note, "company association removed")
+                )
+            elif (new := company_ids.get(company)) is None:
+                name = self.settings.company_id_property
+                note = _join(delivered.note, f"company {company} not in HubSpot ({name})")
+                link = CompanyLink(company, None)
+                outcomes[u.index] = dataclasses.replace(delivered, note=note, company=link)
+            else:
+                note = _join(delivered.note, f"associated with company {new}")
+                link = CompanyLink(company, new)
+                outcomes[u.index] = dataclasses.replace(delivered, note=note, company=link)
 
     async def _company_ids(self, companies: set[str]) -> dict[str, str | None]:
         now = time.monotonic()
@@ -615,7 +880,7 @@ class HubSpotAdapter(Adapter):
                 outcomes[i] = (
                     Delivered(remote_id=hs_id, note="archived")
                     if answer.status < 300
-                    else Dead(f"HubSpot HTTP {answer.status}: {answer.message}")
+                    else Dead(_describe(answer))
                 )
         return outcomes
 
@@ -644,7 +909,7 @@ class HubSpotAdapter(Adapter):
                 },
             )
             if answer.status >= 400 and answer.status != 404:
-                raise RetryableError(f"HubSpot HTTP {answer.status}: {answer.message}")
+                raise RetryableError(_describe(answer))
             hits = {
                 self._norm(str((r.get("properties") or {}).get(self.settings.id_property))): str(
                     r.get("id")
@@ -678,83 +943,140 @@ class HubSpotAdapter(Adapter):
             return Delivered(remote_id=record.remote_id, note="GDPR-deleted")
         if answer.status == 404:
             return Delivered(note="not in HubSpot: nothing to delete")
-        return Dead(f"HubSpot HTTP {answer.status}: {answer.message}")
+        return Dead(_describe(answer))
 
     # --- set-up ------------------------------------------------------------------------------
 
-    async def setup(self) -> list[str]:
-        """Create the property group and the properties the connector needs; safe to repeat."""
-        report = []
-        s = self.settings
-        label = "Mimeeq"
-        report.append(await self._create_group("contacts", s.property_group, label))
-        if s.id_property != "email":
-            report.append(
-                await self._create_property(
-                    "contacts",
-                    {"name": s.id_property, "label": "Mimeeq contact ID", "type": "string",
-                     "fieldType": "text", "groupName": s.property_group, "hasUniqueValue": True,
-                     "description": "Set by mimeeq-connector: the contact's id in Mimeeq."},
-                )
-            )  # fmt: skip
-        for name in s.auto_options:
-            if name in self.context.mapping.fields:
-                report.append(
-                    await self._create_property(
-                        "contacts",
-                        {"name": name, "label": name.replace("_", " ").capitalize(),
-                         "type": "enumeration", "fieldType": "checkbox",
-                         "groupName": s.property_group, "options": []},
-                    )
-                )  # fmt: skip
-        if s.associate_company:
-            report.append(await self._create_group("companies", s.property_group, label))
-            report.append(
-                await self._create_property(
-                    "companies",
-                    {"name": s.company_id_property, "label": "Mimeeq company ID",
-                     "type": "string", "fieldType": "text", "groupName": s.property_group,
-                     "hasUniqueValue": True},
-                )
-            )  # fmt: skip
-        report.extend(await self._check_mapped_properties())
-        return report
+    async def setup(self, say: Callable[[str], None] | None = None) -> list[str]:
+        """Create the property group and the properties the connector needs; safe to repeat.
 
-    async def _create_group(self, object_type: str, name: str, label: str) -> str:
+        Each line of the report goes to ``say`` as soon as it happens, so a failure midway (raised
+        as a ``DeliveryError`` with HubSpot's message) still shows what was done.
+        """
+        lines: list[str] = []
+
+        def report(line: str) -> None:
+            lines.append(line)
+            if say is not None:
+                say(line)
+
+        s = self.settings
+        mapped = self.context.mapping.fields
+        report(await self._create_group("contacts", s.property_group))
+        if s.id_property != "email":
+            await self._create_property(
+                "contacts",
+                {"name": s.id_property, "label": "Mimeeq contact ID", "type": "string",
+                 "fieldType": "text", "groupName": s.property_group, "hasUniqueValue": True,
+                 "description": "Set by mimeeq-connector: the contact's id in Mimeeq."},
+                report,
+            )  # fmt: skip
+        for name in self._enumerations():
+            await self._create_property("contacts", self._enumeration(name), report)
+        if s.associate_company:
+            report(await self._create_group("companies", s.property_group))
+            await self._create_property(
+                "companies",
+                {"name": s.company_id_property, "label": "Mimeeq company ID",
+                 "type": "string", "fieldType": "text", "groupName": s.property_group,
+                 "hasUniqueValue": True},
+                report,
+            )  # fmt: skip
+        answer = await self.api.call(self.api.properties.get_all, "contacts")
+        existing = {str(p.get("name")) for p in answer.results}
+        for name in mapped:
+            if name not in existing and name not in self._enumerations():
+                report(
+                    f"WARNING: mapped property {name!r} is not in HubSpot: "
+                    "create it or fix the mapping"
+                )
+        return lines
+
+    def _enumerations(self) -> list[str]:
+        """The mapped enumeration properties that setup creates, in the mapping's order."""
+        ours = {*self.settings.auto_options, "mimeeq_tags", "mimeeq_status"}
+        return [name for name in self.context.mapping.fields if name in ours]
+
+    def _enumeration(self, name: str) -> dict[str, Any]:
+        definition: dict[str, Any] = {
+            "name": name, "label": name.replace("_", " ").capitalize(), "type": "enumeration",
+            "fieldType": "checkbox", "groupName": self.settings.property_group, "options": [],
+        }  # fmt: skip
+        if name == "mimeeq_status":
+            definition |= {"fieldType": "select", "options": STATUS_OPTIONS}
+        return definition
+
+    async def _create_group(self, object_type: str, name: str) -> str:
         answer = await self.api.call(
-            self.api.groups.create, object_type, {"name": name, "label": label, "displayOrder": -1}
+            self.api.groups.create,
+            object_type,
+            {"name": name, "label": "Mimeeq", "displayOrder": -1},
         )
         return self._setup_line(answer, f"{object_type} property group {name!r}")
 
-    async def _create_property(self, object_type: str, definition: dict[str, Any]) -> str:
+    async def _create_property(
+        self, object_type: str, definition: dict[str, Any], report: Callable[[str], None]
+    ) -> None:
+        name = definition["name"]
+        what = f"{object_type} property {name!r}"
         answer = await self.api.call(self.api.properties.create, object_type, definition)
-        line = self._setup_line(answer, f"{object_type} property {definition['name']!r}")
-        if answer.status == 409 and definition.get("hasUniqueValue"):
-            current = await self.api.call(
-                self.api.properties.get_by_name, object_type, definition["name"]
+        if answer.status == 400 and definition.get("options") == []:
+            # Some portals refuse an enumeration without options ("needs options").
+            definition = {**definition, "options": [PLACEHOLDER]}
+            answer = await self.api.call(self.api.properties.create, object_type, definition)
+            if answer.status < 300:
+                report(
+                    f"created {what} (HubSpot wants at least one option: it has a hidden "
+                    f"placeholder option {PLACEHOLDER['value']!r})"
+                )
+                return
+        line = self._setup_line(answer, what)
+        if answer.status != 409:
+            report(line)
+            return
+        current = await self.api.call(self.api.properties.get_by_name, object_type, name)
+        body = current.body if current.status == 200 and isinstance(current.body, dict) else {}
+        if definition.get("hasUniqueValue") and body and not body.get("hasUniqueValue"):
+            line += " — WARNING: it exists but is not unique; upserts by it will fail"
+        report(line)
+        options = [o for o in body.get("options") or [] if isinstance(o, dict)]
+        have = {str(o.get("value")) for o in options}
+        missing = [o["value"] for o in definition.get("options") or [] if o["value"] not in have]
+        if body.get("type") == "enumeration" and missing:
+            answer = await self.api.call(
+                self.api.properties.update,
+                object_type,
+                name,
+                {"options": _with_options(options, missing, definition["options"])},
             )
-            if isinstance(current.body, dict) and not current.body.get("hasUniqueValue"):
-                line += " — WARNING: it exists but is not unique; upserts by it will fail"
-        return line
+            if answer.status >= 300:
+                raise RetryableError(f"cannot add options to {what}: {_describe(answer)}")
+            report(f"changed {what}: added options {', '.join(missing)}")
 
     @staticmethod
     def _setup_line(answer: Answer, what: str) -> str:
         if answer.status < 300:
             return f"created {what}"
         if answer.status == 409:
-            return f"{what} already exists"
-        raise RetryableError(
-            f"cannot create {what}: HubSpot HTTP {answer.status}: {answer.message}"
-        )
+            return f"found {what} (already exists)"
+        raise RetryableError(f"cannot create {what}: {_describe(answer)}")
 
-    async def _check_mapped_properties(self) -> list[str]:
-        answer = await self.api.call(self.api.properties.get_all, "contacts")
-        existing = {str(p.get("name")) for p in answer.results}
-        return [
-            f"WARNING: mapped property {name!r} is not in HubSpot: create it or fix the mapping"
-            for name in self.context.mapping.fields
-            if name not in existing and name not in self.settings.auto_options
-        ]
+
+def _with_options(
+    options: list[dict[str, Any]], added: Iterable[str], given: Iterable[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The options to PATCH: HubSpot's own, kept as they are, then the added ones."""
+    kept = [{k: o[k] for k in OPTION_KEYS if o.get(k) is not None} for o in options]
+    defined = {str(o["value"]): o for o in given}
+    order = max((int(o.get("displayOrder") or 0) for o in kept), default=-1) + 1
+    for i, value in enumerate(added):
+        option = {"label": value, "value": value, "hidden": False, **defined.get(value, {})}
+        kept.append({**option, "displayOrder": order + i})
+    return kept
+
+
+def _describe(answer: Answer) -> str:
+    return f"HubSpot HTTP {answer.status}: {answer.message}"
 
 
 def _existing_id(answer: Answer) -> str | None:

@@ -66,6 +66,10 @@ async def scenario(
         "mimeeq_tags", object_type="contacts", type="enumeration", field_type="checkbox",
         options=tags,
     )  # fmt: skip
+    fake.add_property(
+        "mimeeq_status", object_type="contacts", type="enumeration", field_type="select",
+        options=[("ACTIVE", "Active"), ("INACTIVE", "Inactive")],
+    )  # fmt: skip
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({
         "server": {"host": "127.0.0.1", "port": 0},

@@ -22,8 +22,6 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not be
 from bench.common import ROOT, machine
 from connector.mapping import load_mapping
 
-STATUS = {"ACTIVE": "OPEN", "INACTIVE": "UNQUALIFIED"}
-
 
 def by_hand(p: dict[str, Any]) -> dict[str, Any]:
     """mappings/hubspot-contacts.yaml, written out in Python."""
@@ -38,10 +36,14 @@ def by_hand(p: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and value.strip():
             out[name] = value.strip()
     phones = p.get("phoneNumbers") or []
-    work_phone = [n.get("number") for n in phones if n.get("type") == "WORK"]
-    phone = (work_phone[0] if work_phone else None) or (phones[0].get("number") if phones else None)
+    work = [n.get("number") for n in phones if n.get("type") == "WORK"]
+    landline = [n.get("number") for n in phones if n.get("type") != "MOBILE"]
+    mobile = [n.get("number") for n in phones if n.get("type") == "MOBILE"]
+    phone = (work[0] if work else None) or (landline[0] if landline else None)
     if isinstance(phone, str) and phone.strip():
         out["phone"] = phone.strip()
+    if mobile and isinstance(mobile[0], str) and mobile[0].strip():
+        out["mobilephone"] = mobile[0].strip()
     address = p.get("addressDetails") or {}
     for name, key in (("address", "address"), ("city", "city"), ("zip", "zipCode"),
                       ("country", "country")):  # fmt: skip
@@ -51,10 +53,10 @@ def by_hand(p: dict[str, Any]) -> dict[str, Any]:
     position = (p.get("accountDetails") or {}).get("position")
     if isinstance(position, str) and position.strip():
         out["jobtitle"] = position.strip()
-    tags = [t for t in p.get("tags") or [] if t]
-    if tags:
-        out["mimeeq_tags"] = ";".join(tags)
-    out["hs_lead_status"] = STATUS.get(p.get("status"), "NEW")  # type: ignore[arg-type]
+    if p.get("tags"):
+        out["mimeeq_tags"] = p["tags"]
+    if p.get("status"):
+        out["mimeeq_status"] = p["status"]
     return out
 
 
@@ -81,11 +83,13 @@ def main() -> None:
         for name, expr in {
             "email": "(emails[?type=='WORK'].mail | [0]) || emails[0].mail",
             "firstname": "firstName", "lastname": "lastName",
-            "phone": "(phoneNumbers[?type=='WORK'].number | [0]) || phoneNumbers[0].number",
+            "phone": "(phoneNumbers[?type=='WORK'].number | [0])"
+                     " || (phoneNumbers[?type!='MOBILE'].number | [0])",
+            "mobilephone": "phoneNumbers[?type=='MOBILE'].number | [0]",
             "address": "addressDetails.address", "city": "addressDetails.city",
             "zip": "addressDetails.zipCode", "country": "addressDetails.country",
-            "jobtitle": "accountDetails.position", "mimeeq_tags": "join(';', tags)",
-            "hs_lead_status": "status",
+            "jobtitle": "accountDetails.position", "mimeeq_tags": "tags",
+            "mimeeq_status": "status",
         }.items()
     }  # fmt: skip
 

@@ -1,28 +1,49 @@
 """Target workers: one per tenant × target, pushing the queue into the target.
 
 A worker claims due contacts oldest first (the store hands out at most one row per contact and
-never a contact that is already claimed), maps them with the target's compiled mapping, pushes
-the batch through the adapter and records one outcome per record. A worker never blocks another:
-each has its own tasks, and a target that is down only delays itself.
+never a contact that is already claimed), maps them with the target's compiled mapping, plans each
+write as a diff against what the target last confirmed (:mod:`connector.mirror`), pushes what
+changed through the adapter and records one outcome per record. A record with nothing new costs
+no call. A worker never blocks another: each has its own tasks, and a target that is down only
+delays itself.
+
+One write of a contact at a time, really: a claim holds the contact until its outcome is
+recorded, and a push never outlives it. ``push_timeout`` cancels the push, and adapters do their
+I/O cancellably (no thread carries on). A write that went out without an answer may still land,
+though: its contact's next write waits at least ``push_timeout`` more (the retry's due time, kept
+in the store, so every replica abides by it). A push whose claim may have passed to another replica
+(the process was stopped, the lease ran out) sends nothing more (``targets.check_claim``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Sequence
 
 import orjson
 
+from connector import mirror
 from connector.config import Target
 from connector.errors import PermanentError, RecordMappingError, RetryableError, TargetPaused
 from connector.metrics import Metrics
 from connector.observability import get_logger
-from connector.store.base import Claim, ClaimedItem, Result, Store
-from connector.targets import Adapter, Dead, Delivered, Outcome, Record, Retry
+from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
+from connector.targets import (
+    CLAIM_DEADLINE,
+    Adapter,
+    CompanyLink,
+    Dead,
+    Delivered,
+    Outcome,
+    Record,
+    Retry,
+)
 
 log = get_logger("connector.delivery")
 
@@ -30,6 +51,14 @@ LEASE_FACTOR, LEASE_MARGIN = 1.5, 5.0  # a claim outlives its push (bounded by p
 IDLE_POLL = 5.0  # longest sleep with nothing due; new events wake the worker at once
 PROBE_INTERVAL = 60.0  # how often a paused target is tried again when it gave no time
 STATE_POLL = 2.0  # how often the store is asked whether an operator paused or resumed the target
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Unchanged:
+    """The outcome of a record the target already holds: nothing was sent."""
+
+
+UNCHANGED = _Unchanged()
 
 
 def backoff_delay(failures: int, initial: float, cap: float) -> float:
@@ -54,9 +83,10 @@ class TargetWorker:
         # Held while pushing: if this process dies, another replica takes over after it.
         self.lease = settings.push_timeout * LEASE_FACTOR + LEASE_MARGIN
         self.wake = asyncio.Event()
-        # Events announced and not claimed yet, and since when: is a batch full yet?
+        # Events announced and not claimed yet, oldest first, with when each group came: is a
+        # batch full yet, and how long has its oldest event waited?
         self.fresh = 0
-        self.fresh_since = 0.0
+        self._arrivals: collections.deque[list[float]] = collections.deque()  # [time, events]
         self._claiming = asyncio.Lock()
         self.paused_until: float | None = None  # no claims before this time
         self.paused_reason: str | None = None  # as recorded in the store, until a push succeeds
@@ -89,10 +119,13 @@ class TargetWorker:
         for lane in self._lanes:
             with contextlib.suppress(asyncio.CancelledError):
                 await lane
-        for claim in self._inflight.values():  # hand them back: the next run pushes them again
+        # Hand them back: the next run pushes them again, once a write of theirs that may have
+        # gone out before the push was cut short has had time to land.
+        fence = time.time() + self.target.settings.push_timeout
+        for claim in self._inflight.values():
             try:
                 await self.store.complete(
-                    claim, [Result(i.contact_id, "release") for i in claim.items]
+                    claim, [Result(i.contact_id, "release", due_at=fence) for i in claim.items]
                 )
             except Exception:  # their leases run out instead
                 self._log.exception("could not hand claims back")
@@ -106,10 +139,11 @@ class TargetWorker:
             try:
                 # One lane at a time watches the queue and gathers a batch; pushes overlap.
                 async with self._claiming:
-                    claim = await self._next_claim()
-                if claim is not None:
+                    claimed = await self._next_claim()
+                if claimed is not None:
+                    claim, held_until = claimed
                     self._inflight[claim.token] = claim
-                    results = await self.deliver(claim)
+                    results = await self.deliver(claim, held_until)
                     await self.store.complete(claim, results)
                     del self._inflight[claim.token]
                     # Events that arrived during the push, or retries due soon, may be waiting
@@ -122,16 +156,21 @@ class TargetWorker:
                 self._log.exception("worker error")
                 await self._sleep(1.0)
 
-    async def _next_claim(self) -> Claim | None:
+    async def _next_claim(self) -> tuple[Claim, float] | None:
+        """The next batch, and until when (wall clock) the claim on it surely holds."""
         await self._sync_pause()
         if self._stopping or await self._wait_while_paused():
             return None
         await self._linger()
+        announced = self.fresh
+        held_until = time.time() + self.lease - LEASE_MARGIN  # the store's clock starts later
         claim = await self.store.claim(self.key, self.batch_size, self.lease)
         taken = len(claim.items)
-        self.fresh = 0 if taken < self.batch_size else max(0, self.fresh - taken)
+        # A full batch took the oldest events; a smaller one took every event announced before
+        # it (or found them folded into rows it took). Those announced meanwhile still wait.
+        self._claimed(taken if taken == self.batch_size else announced)
         if taken:
-            return claim
+            return claim, held_until
         next_due = await self.store.next_due(self.key)
         await self._sleep(IDLE_POLL if next_due is None else min(IDLE_POLL, next_due - time.time()))
         return None
@@ -148,15 +187,25 @@ class TargetWorker:
 
     def notify(self, events: int = 1) -> None:
         """New events were queued for this target."""
-        if not self.fresh:
-            self.fresh_since = time.monotonic()
         self.fresh += events
+        self._arrivals.append([time.monotonic(), events])
         self.wake.set()
+
+    def _claimed(self, events: int) -> None:
+        """The oldest ``events`` announced events are claimed: forget them."""
+        self.fresh = max(0, self.fresh - events)
+        while events > 0 and self._arrivals:
+            group = self._arrivals[0]
+            if group[1] > events:
+                group[1] -= events
+                return
+            events -= int(group[1])
+            self._arrivals.popleft()
 
     async def _linger(self) -> None:
         """Let a burst fill the batch: no event waits more than ``linger`` for company."""
-        while 0 < self.fresh < self.batch_size and not self._stopping:
-            remaining = self.fresh_since + self.linger - time.monotonic()
+        while 0 < self.fresh < self.batch_size and self._arrivals and not self._stopping:
+            remaining = self._arrivals[0][0] + self.linger - time.monotonic()
             if remaining <= 0 or not await self._sleep(remaining):
                 return
 
@@ -188,67 +237,113 @@ class TargetWorker:
         await self._sleep(min(remaining, STATE_POLL))
         return True
 
-    async def deliver(self, claim: Claim) -> list[Result]:
-        """Map and push one claimed batch; return one result per item."""
+    async def deliver(self, claim: Claim, held_until: float = math.inf) -> list[Result]:
+        """Map, plan and push one claimed batch; return one result per item."""
         settings = self.target.settings
-        outcomes: dict[int, Outcome] = {}
-        records: list[Record] = []
-        pushed: list[int] = []
+        outcomes: dict[int, Outcome | _Unchanged] = {}
+        records: dict[int, tuple[Record, mirror.Plan | None]] = {}
         for index, item in enumerate(claim.items):
             try:
-                records.append(self._record(item))
-                pushed.append(index)
+                records[index] = self._record(item)
             except RecordMappingError as exc:
                 outcomes[index] = Dead(f"mapping {self.target.mapping.source}: {exc}")
+                continue
+            plan = records[index][1]
+            if plan is not None and plan.skip:
+                outcomes[index] = UNCHANGED  # the target holds all of it already: no call
+        pushed = [index for index in records if index not in outcomes]
 
-        if records:
+        if pushed:
+            batch = [records[index][0] for index in pushed]
+            deadline = CLAIM_DEADLINE.set(held_until)
             try:
                 async with asyncio.timeout(settings.push_timeout):
-                    answers = await self.adapter.push(records)
-                if len(answers) != len(records):
-                    raise RuntimeError(f"adapter gave {len(answers)} outcomes for {len(records)}")
+                    answers = await self.adapter.push(batch)
+                if len(answers) != len(batch):
+                    raise RuntimeError(f"adapter gave {len(answers)} outcomes for {len(batch)}")
                 outcomes.update(zip(pushed, answers, strict=True))
             except TargetPaused as exc:
                 return await self._pause(claim, str(exc), exc.until)
             except RetryableError as exc:
-                retry = Retry(str(exc), exc.after, exc.count_attempt)
+                retry = Retry(str(exc), exc.after, exc.count_attempt, exc.maybe_written)
                 outcomes.update(dict.fromkeys(pushed, retry))
             except PermanentError as exc:
                 outcomes.update(dict.fromkeys(pushed, Dead(str(exc))))
             except TimeoutError:
-                timeout = Retry(f"push timed out after {settings.push_timeout:g} s")
-                outcomes.update(dict.fromkeys(pushed, timeout))
+                # Cancelled mid-way: a request of it may have gone out and still land.
+                reason = f"push timed out after {settings.push_timeout:g} s"
+                outcomes.update(dict.fromkeys(pushed, Retry(reason, maybe_written=True)))
             except Exception as exc:
                 self._log.exception("adapter failed")
                 failure = Retry(f"adapter error: {type(exc).__name__}: {exc}")
                 outcomes.update(dict.fromkeys(pushed, failure))
+            finally:
+                CLAIM_DEADLINE.reset(deadline)
 
         if self.paused_by == "target" and any(isinstance(o, Delivered) for o in outcomes.values()):
             await self.resume()
-        return self._results(claim.items, [outcomes[i] for i in range(len(claim.items))])
+        return self._results(claim.items, outcomes, records)
 
-    def _record(self, item: ClaimedItem) -> Record:
+    def _record(self, item: ClaimedItem) -> tuple[Record, mirror.Plan | None]:
+        """The record to push, and for an upsert the plan of its write (None for a delete)."""
         payload = orjson.loads(item.payload)
-        return Record(
+        fields = self.target.mapping.apply(payload)
+        company = payload.get("companyId") if isinstance(payload, dict) else None
+        company_id = str(company) if company else None
+        state = item.state
+        plan = None
+        if item.op == "upsert":
+            plan = mirror.plan(
+                fields,
+                self.target.mapping.fields,
+                state,
+                full=item.full,
+                company_id=company_id,
+                associates=self.adapter.associates_companies,
+            )
+        linked = None
+        if state is not None and state.company_id is not None:
+            linked = CompanyLink(state.company_id, state.company_remote_id)
+        record = Record(
             contact_id=item.contact_id,
             op=item.op,
             event=item.event_type,
             event_id=item.event_id,
-            fields=self.target.mapping.apply(payload),
+            fields=fields,
             payload=payload,
             remote_id=item.remote_id,
             attempt=item.attempts + 1,
+            unchanged=plan.unchanged if plan else frozenset(),
+            cleared=plan.cleared if plan else (),
+            company_id=company_id,
+            company=linked,
         )
+        return record, plan
 
-    def _results(self, items: Sequence[ClaimedItem], outcomes: Sequence[Outcome]) -> list[Result]:
+    def _results(
+        self,
+        items: Sequence[ClaimedItem],
+        outcomes: dict[int, Outcome | _Unchanged],
+        records: dict[int, tuple[Record, mirror.Plan | None]],
+    ) -> list[Result]:
         settings = self.target.settings
         now = time.time()
         results = []
-        counts = {"delivered": 0, "retry": 0, "dead": 0}
-        for item, outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, Delivered):
+        counts = {"delivered": 0, "unchanged": 0, "retry": 0, "dead": 0}
+        for index, item in enumerate(items):
+            outcome = outcomes[index]
+            record, plan = records.get(index, (None, None))
+            report = mirror.report(record) if record is not None else None
+            if isinstance(outcome, _Unchanged):
+                result = Result(item.contact_id, "unchanged", fields=report)
+            elif isinstance(outcome, Delivered):
                 result = Result(
-                    item.contact_id, "delivered", remote_id=outcome.remote_id, note=outcome.note
+                    item.contact_id,
+                    "delivered",
+                    remote_id=outcome.remote_id,
+                    note=outcome.note,
+                    state=self._state(outcome, plan),
+                    fields=report,
                 )
             elif isinstance(outcome, Dead):
                 result = Result(item.contact_id, "dead", error=outcome.reason)
@@ -261,10 +356,14 @@ class TargetWorker:
                     delay = backoff_delay(
                         item.attempts + 1, settings.backoff.initial, settings.backoff.max
                     )
+                reason = outcome.reason
+                if outcome.maybe_written:  # let the write that may still land go first
+                    delay = max(delay, settings.push_timeout)
+                    reason += " (it may still land: the next write waits for it)"
                 result = Result(
                     item.contact_id,
                     "retry",
-                    error=outcome.reason,
+                    error=reason,
                     due_at=now + delay,
                     count_attempt=outcome.count_attempt,
                 )
@@ -281,6 +380,18 @@ class TargetWorker:
         for kind, n in counts.items():
             self._count(kind, n)
         return results
+
+    def _state(self, delivered: Delivered, plan: mirror.Plan | None) -> SyncState | None:
+        """What the target holds after a confirmed write (None for a delete: forgotten)."""
+        if plan is None:
+            return None
+        link = delivered.company if self.adapter.associates_companies else None
+        return SyncState(
+            remote_id=delivered.remote_id,
+            digests=plan.digests,
+            company_id=link.company_id if link else None,
+            company_remote_id=link.remote_id if link else None,
+        )
 
     def _count(self, outcome: str, n: int) -> None:
         if self.metrics is not None and n:

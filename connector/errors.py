@@ -53,12 +53,21 @@ class RetryableError(DeliveryError):
     """Try again later; ``after`` (seconds) overrides the backoff when the target said when.
 
     ``count_attempt=False`` is for waits that are not failures, such as a rate-limit answer.
+    ``maybe_written=True`` says a request went out without an answer: it may still land.
     """
 
-    def __init__(self, message: str, *, after: float | None = None, count_attempt: bool = True):
+    def __init__(
+        self,
+        message: str,
+        *,
+        after: float | None = None,
+        count_attempt: bool = True,
+        maybe_written: bool = False,
+    ):
         super().__init__(message)
         self.after = after
         self.count_attempt = count_attempt
+        self.maybe_written = maybe_written
 
 
 class PermanentError(DeliveryError):

@@ -12,13 +12,28 @@ The worker hands ``push`` a batch of :class:`Record` (already coalesced: at most
 the latest state, deletes winning) and expects exactly one outcome per record, in order:
 :class:`Delivered`, :class:`Retry` or :class:`Dead`. A failure that concerns the whole batch is
 raised instead, as one of the :mod:`connector.errors` delivery errors.
+
+The target is a mirror: a record says what changed since the last confirmed write
+(:attr:`Record.changes`), what to clear (:attr:`Record.cleared`: written before, empty now), and
+what was left alone (:attr:`Record.unchanged`). Records whose mapped values all equal the last
+confirmed write never reach ``push``. An adapter writes the changes and clears the cleared; it may
+write everything instead when its target wants whole objects.
+
+A push must not leave a write running after it returns or is cancelled (the worker's
+``push_timeout``): use cancellable I/O, never a thread that goes on by itself. A request that was
+sent but never answered may still land later: report it as ``Retry(maybe_written=True)`` (or raise
+``RetryableError(..., maybe_written=True)``) so that the contact's next write waits long enough
+for it to land first.
 """
 
 from __future__ import annotations
 
 import builtins
+import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,7 +41,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, RetryableError
 from connector.ratelimit import LimiterFactory, shared_limiter
 
 if TYPE_CHECKING:
@@ -72,6 +87,14 @@ class TargetSettings(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class CompanyLink:
+    """The company a contact is associated with in the target."""
+
+    company_id: str  # Mimeeq's id (COMP-…)
+    remote_id: str | None  # the target's id of that company; None: not in the target (yet)
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """One contact to push: the latest state the connector holds for it."""
 
@@ -79,16 +102,32 @@ class Record:
     op: Operation
     event: str  # the Mimeeq event that carried this state, e.g. "contact-updated"
     event_id: str  # stable across retries of the same state: a natural idempotency key
-    fields: Mapping[str, Any]  # the mapped record, in the mapping's field order
+    fields: Mapping[str, Any]  # the whole mapped record, in the mapping's field order
     payload: Mapping[str, Any]  # the Mimeeq payload as received
     remote_id: str | None  # the target's id for this contact, from an earlier delivery
     attempt: int  # 1 for the first attempt
+    # Fields whose value is the one last confirmed written: no need to write them again.
+    unchanged: frozenset[str] = frozenset()
+    # Fields the connector wrote before whose mapped value is now missing: clear them.
+    cleared: tuple[str, ...] = ()
+    company_id: str | None = None  # the Mimeeq company the contact belongs to (companyId)
+    company: CompanyLink | None = None  # the association last confirmed in the target
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        """What to write: every field but the unchanged ones (all of them on a first write)."""
+        if not self.unchanged:
+            return dict(self.fields)
+        return {k: v for k, v in self.fields.items() if k not in self.unchanged}
 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
     remote_id: str | None = None  # remembered for later updates, deletes and traces
     note: str | None = None  # shown in trace, e.g. "already deleted"
+    # The association in place after this write, for adapters that associate companies: the
+    # next write associates again only when the contact's company changes.
+    company: CompanyLink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +135,8 @@ class Retry:
     reason: str
     after: float | None = None  # seconds; None means the target's backoff policy
     count_attempt: bool = True  # False for waits that are not failures (rate limits)
+    # A request went out and no answer came back (timeout, connection lost): it may still land.
+    maybe_written: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +145,19 @@ class Dead:
 
 
 Outcome = Delivered | Retry | Dead
+
+
+# The wall-clock time until which the worker's claim on the records being pushed holds. After it,
+# another replica may own them: a push still running (a process stopped and resumed, say) must not
+# send another write. Set by the worker around each push; adapters call ``check_claim`` before
+# each request that writes.
+CLAIM_DEADLINE: ContextVar[float] = ContextVar("claim_deadline", default=math.inf)
+
+
+def check_claim() -> None:
+    """Raise ``RetryableError`` when the push's claim may no longer be this process's."""
+    if time.time() >= CLAIM_DEADLINE.get():
+        raise RetryableError("the claim on these contacts ran out before this write: not sent")
 
 
 class TargetReporter:
@@ -143,6 +197,12 @@ class Adapter(ABC):
     def __init__(self, settings: TargetSettings, context: TargetContext) -> None:
         self.settings = settings
         self.context = context
+
+    @property
+    def associates_companies(self) -> bool:
+        """True when this target links contacts to companies (see :attr:`Delivered.company`):
+        a change of the contact's company is then a change even if no mapped field changed."""
+        return False
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Prepare the target (load state, open connections). Called once before any push."""

@@ -10,8 +10,14 @@ models of the real ``hubspot-api-client`` require, so that client can be pointed
     await asyncio.to_thread(client.crm.contacts.batch_api.upsert, {...})   # the client is sync
 
 Tests read and arrange the state directly (``contacts``, ``archived``, ``properties``, ...) and
-steer failures with ``fail_next``, ``failure_rate``, ``down``, ``conflict_mode`` and
-``validation_mode``.
+steer failures with ``fail_next``, ``failure_rate``, ``down``, ``conflict_mode``,
+``validation_mode`` and ``enumeration_needs_options``, and slowness with ``latency`` (every
+request), ``delay_next`` (chosen ones) and ``trickle`` (answers sent a byte at a time).
+
+Like a real server, the fake finishes what it started: a request whose client gave up (a timeout,
+a cancelled push) and closed the connection is still processed to the end, its write applied
+(``Call.gone`` tells). A connector must cope with a write that lands after it stopped waiting.
+``settled()`` waits until no request is being processed.
 
 Layout: the edge (call log, failure injection, auth, rate limits, latency) is one middleware;
 writes go through ``Session`` (staged, so a batch refused whole changes nothing); each endpoint is
@@ -31,9 +37,10 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -91,6 +98,7 @@ class Call:
     inputs: int = 0  # len(body["inputs"]) for batch calls
     body: Any = None  # the parsed JSON body, None when absent or malformed
     query: dict[str, str] = field(default_factory=dict)
+    gone: bool = False  # the client closed the connection before it had the whole answer
 
 
 def now_iso() -> str:
@@ -227,6 +235,7 @@ SHAPES: dict[str, Any] = {
     "create_one": {"properties": Props, "associations?": [ASSOCIATION_FOR_OBJECT]},
     "update_one": {"properties": Props},
     "associate": {"inputs": [{"from": {"id": str}, "to": {"id": str}}]},
+    "association_archive": {"inputs": [{"from": {"id": str}, "to": [{"id": str}]}]},
     "property_create": {
         "name": str,
         **PROPERTY_FIELDS,
@@ -710,12 +719,14 @@ class FakeHubSpot:
         interval: float = 10.0,
         daily_limit: int | None = None,
         latency: float = 0.0,
+        time_zone: str = "UTC",
     ) -> None:
         self.token = token
         self.rate_limit = rate_limit
         self.interval = interval
         self.daily_limit = daily_limit
-        self.latency = latency
+        self.latency = latency  # seconds every processed request takes
+        self.time_zone = time_zone  # the portal's (account-info); its daily limit resets there
         # state
         self.contacts: dict[str, dict[str, str]] = Tracked()
         self.archived: dict[str, dict[str, str]] = Tracked()
@@ -734,7 +745,8 @@ class FakeHubSpot:
         self.blocklist: set[str] = set()  # GDPR-deleted emails (lower case)
         self.calls: list[Call] = []
         # behaviour
-        self.fail_next: list[int | str] = []
+        # answers for the next requests, in turn: a status, "reset", or None (no failure)
+        self.fail_next: list[int | str | None] = []
         self.failure_rate = 0.0
         self.failure_statuses: list[int] = [503, 429]
         self.random = random.Random(1234)  # failure_rate draws from it: seeded, so repeatable
@@ -744,7 +756,12 @@ class FakeHubSpot:
         self.conflict_body = "classic"  # "classic" | "identity" (newer 409 body, identityProfile)
         self.validation_mode = "207"  # "207" | "400"
         self.association_error_status = 207  # the spec only lists 200 for associate/default
-        self.overlaps = 0
+        # Portals differ: some refuse to create an enumeration property without options.
+        self.enumeration_needs_options = True
+        self.delay_next: list[float] = []  # extra seconds for the next processed requests, in turn
+        self.trickle = 0.0  # seconds between the bytes of every answer's body (0: all at once)
+        self.overlaps = 0  # writes of one contact that were processed at the same time
+        self.rate_refusals = 0  # 429s for the rolling window (not the injected ones)
         # internals
         self._ids = itertools.count(101)
         self._indexes: dict[tuple[str, str], UniqueIndex] = {}  # (dict of objects, property)
@@ -752,6 +769,7 @@ class FakeHubSpot:
         self._window: deque[float] = deque()
         self._daily_used = 0
         self._busy: Counter[str] = Counter()
+        self._running = 0  # requests being processed
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.app = self.make_app()
@@ -777,6 +795,7 @@ class FakeHubSpot:
                 web.patch(objects + "/{oid}", self._update_one),
                 web.delete(objects + "/{oid}", self._archive_one),
                 web.post(v4 + "/associate/default", self._associate_batch),
+                web.post(v4 + "/archive", self._archive_associations),
                 web.put(
                     "/crm/v4/objects/{from_type}/{from_id}/associations/default/{to_type}/{to_id}",
                     self._associate_one,
@@ -793,6 +812,7 @@ class FakeHubSpot:
                 web.get(props + "/{name}", self._property_get),
                 web.patch(props + "/{name}", self._property_update),
                 web.delete(props + "/{name}", self._property_archive),
+                web.get("/account-info/v3/details", self._account_info),
             ]
         )
         return app
@@ -801,7 +821,8 @@ class FakeHubSpot:
         """Serve on ``port`` (0: any free one; pass the old port to come back after a stop)."""
         if self.app.frozen:  # an aiohttp app serves once: a restart needs a new one
             self.app = self.make_app()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # handler_cancellation=False: a request whose client went away is processed to the end
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
         await site.start()
@@ -863,6 +884,12 @@ class FakeHubSpot:
 
     def count(self, status: int) -> int:
         return sum(1 for c in self.calls if c.status == status)
+
+    async def settled(self, timeout: float = 30.0) -> None:
+        """Wait until no request is being processed (those whose client gave up included)."""
+        async with asyncio.timeout(timeout):
+            while self._running:
+                await asyncio.sleep(0.01)
 
     def reindex(self) -> None:
         """Forget the unique-value indexes: each is built again from the objects at its next use.
@@ -952,25 +979,49 @@ class FakeHubSpot:
         if isinstance(call.body, dict) and isinstance(call.body.get("inputs"), list):
             call.inputs = len(call.body["inputs"])
         self.calls.append(call)
+        self._running += 1
+        try:
+            injected = self._injected_failure()
+            if injected == "reset":
+                # close the connection without an answer, like a dropped proxy connection
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=599)
+            if injected is not None:
+                response = self._failure_response(int(injected))
+            else:
+                response = await self._admitted(request, handler, call)
+            response.headers.update(self._rate_headers())
+            call.status = response.status
+            call.gone = request.transport is None or request.transport.is_closing()
+            if self.trickle and response.body and not call.gone:
+                return await self._trickled(request, response, call)
+            return response
+        finally:
+            self._running -= 1
 
-        injected = self._injected_failure()
-        if injected == "reset":
-            # close the connection without an answer, like a dropped proxy connection
-            assert request.transport is not None
-            request.transport.abort()
-            return web.Response(status=599)
-        if injected is not None:
-            response = self._failure_response(int(injected))
-        else:
-            response = await self._admitted(request, handler, call)
-        response.headers.update(self._rate_headers())
-        call.status = response.status
-        return response
+    async def _trickled(
+        self, request: web.Request, response: web.Response, call: Call
+    ) -> web.StreamResponse:
+        """Send the answer's body a byte at a time, ``trickle`` seconds apart."""
+        body = response.body
+        assert isinstance(body, bytes)
+        stream = web.StreamResponse(status=response.status, headers=response.headers)
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        try:
+            for i in range(len(body)):
+                await asyncio.sleep(self.trickle)
+                await stream.write(body[i : i + 1])
+            await stream.write_eof()
+        except ConnectionResetError:
+            call.gone = True
+        return stream
 
     def _injected_failure(self) -> int | str | None:
         """Failures decided before anything is processed, so they never change data."""
-        if self.fail_next:
-            return self.fail_next.pop(0)
+        if self.fail_next and (injected := self.fail_next.pop(0)) is not None:
+            return injected
         if self.down:
             return 503
         if self.failure_rate and self.random.random() < self.failure_rate:
@@ -994,18 +1045,20 @@ class FakeHubSpot:
     async def _admitted(self, request: web.Request, handler: Handler, call: Call) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return Refusal(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE).response()
-        if self.scopes_missing:
+        if self.scopes_missing and not request.path.startswith("/account-info/"):
             return self._missing_scopes(required_scope(request.method, request.path))
         limited = self._count_request()
         if limited is not None:
             return limited
-        touched = self._touched(request, call.body) if self.latency else []
+        delay = self.latency + (self.delay_next.pop(0) if self.delay_next else 0.0)
+        # overlaps can only happen while a request takes time: this one, or one in flight
+        touched = self._touched(request, call.body) if delay or self._busy else []
         self.overlaps += sum(1 for keys in touched if any(self._busy[k] for k in keys))
         for keys in touched:
             self._busy.update(keys)
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            if delay:
+                await asyncio.sleep(delay)
             response = await handler(request)
             assert isinstance(response, web.Response)
             return response
@@ -1042,6 +1095,7 @@ class FakeHubSpot:
         if self.daily_limit is not None and self._daily_used >= self.daily_limit:
             return self._rate_limited(daily=True)
         if len(self._window) >= self.rate_limit:
+            self.rate_refusals += 1
             wait = self._window[0] + self.interval - now
             return self._rate_limited(daily=False, retry_after=max(1, math.ceil(wait)))
         self._window.append(now)
@@ -1107,11 +1161,10 @@ class FakeHubSpot:
             if "from_id" in info:
                 items = [{"id": info[f"{side}_id"]}]
             elif isinstance(body, dict):
-                items = [
-                    {"id": (i.get(side) or {}).get("id")}
-                    for i in body.get("inputs") or []
-                    if isinstance(i, dict)
-                ]
+                for i in body.get("inputs") or []:
+                    named = i.get(side) if isinstance(i, dict) else None
+                    named = named if isinstance(named, list) else [named]  # archive: a list
+                    items += [{"id": n.get("id")} for n in named if isinstance(n, dict)]
         session = Session(self, "contacts")
         unique = ["email", *self._unique_custom("contacts")]
         touched = []
@@ -1656,6 +1709,15 @@ class FakeHubSpot:
         status = self.association_error_status if errors else 200
         return web.json_response(answer, status=status)
 
+    async def _archive_associations(self, request: web.Request) -> web.Response:
+        from_type, _ = self._association_types(request)
+        body = self._body(request, "association_archive")
+        for inp in body["inputs"]:
+            for to in inp["to"]:  # associations that do not exist are ignored
+                pair = (inp["from"]["id"], to["id"])
+                self.associations.discard(pair if from_type == "contacts" else pair[::-1])
+        return web.Response(status=204)
+
     async def _associate_one(self, request: web.Request) -> web.Response:
         from_type, to_type = self._association_types(request)
         from_id, to_id = request.match_info["from_id"], request.match_info["to_id"]
@@ -1729,6 +1791,9 @@ class FakeHubSpot:
                 "starting with a letter"
             )
         self._check_definition(obj_type, body)
+        needs_options = self.enumeration_needs_options and body["type"] == "enumeration"
+        if needs_options and not body.get("options"):
+            raise bad_request("An enumeration property needs options")
         if body.get("hasUniqueValue") and body["type"] not in ("string", "number"):
             raise bad_request("Only string and number properties can have unique values")
         prop = definition(
@@ -1813,6 +1878,26 @@ class FakeHubSpot:
         if "displayOrder" in body:
             group["displayOrder"] = body["displayOrder"]
         return web.json_response(group, status=201)
+
+    # --- account ---
+
+    async def _account_info(self, request: web.Request) -> web.Response:
+        zone = ZoneInfo(self.time_zone)
+        offset = datetime.now(zone).utcoffset() or timedelta()
+        minutes = int(offset.total_seconds()) // 60
+        sign = "-" if minutes < 0 else "+"
+        body = {
+            "portalId": 12345678,
+            "accountType": "STANDARD",
+            "timeZone": self.time_zone,
+            "companyCurrency": "EUR",
+            "additionalCurrencies": [],
+            "utcOffset": f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}",
+            "utcOffsetMilliseconds": minutes * 60_000,
+            "uiDomain": "app.hubspot.com",
+            "dataHostingLocation": "na1",
+        }
+        return web.json_response(body)
 
 
 def query_list(request: web.Request, name: str) -> list[str]:

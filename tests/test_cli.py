@@ -190,6 +190,7 @@ def test_status_lists_every_configured_target(tmp_path: Path) -> None:
             "pending_contacts": 0,
             "dead": 0,
             "delivered": 0,
+            "unchanged": 0,
             "oldest_pending_age_seconds": None,
             "paused": False,
             "paused_reason": None,
@@ -198,7 +199,7 @@ def test_status_lists_every_configured_target(tmp_path: Path) -> None:
     ]
     code, out, _ = run("status", "--config", str(config))
     assert out.splitlines()[0].split()[:5] == ["TENANT", "TARGET", "PENDING", "DEAD", "DELIVERED"]
-    assert out.splitlines()[1].split() == ["demo", "fake", "0", "0", "0", "-", "active"]
+    assert out.splitlines()[1].split() == ["demo", "fake", "0", "0", "0", "0", "-", "active"]
 
 
 async def test_status_counts_what_the_service_did(tmp_path: Path) -> None:

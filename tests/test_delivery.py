@@ -238,3 +238,101 @@ async def test_records_carry_what_the_adapter_needs(running: Callable[..., Any])
     assert record.event_id == answer["eventId"]
     assert record.payload["id"] == contact(7)["id"]
     assert isinstance(fake, FakeAdapter)
+
+
+# --- the target as a mirror ---------------------------------------------------------------------
+
+
+async def test_an_update_of_unmapped_fields_costs_no_push(running: Callable[..., Any]) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    await send(service, "contact-created", contact(1))
+    await status_reaches(service, delivered=1, pending=0)
+    await send(service, "contact-updated", contact(1, status="INACTIVE"))  # not mapped here
+    status = await status_reaches(service, delivered=1, unchanged=1, pending=0)
+    assert status.dead == 0
+    assert len(fake.pushes) == 1
+
+
+async def test_a_write_carries_what_changed_and_clears_what_was_emptied(
+    running: Callable[..., Any],
+) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    await send(service, "contact-created", contact(1, lastName="Doe"))
+    await status_reaches(service, delivered=1, pending=0)
+    await send(service, "contact-updated", contact(1, firstName="Jane", lastName=None))
+    await status_reaches(service, delivered=2, pending=0)
+    first, second = (batch[0] for batch in fake.pushes)
+    assert first.changes == {"first": "First1", "last": "Doe", "email": "person1@example.com"}
+    assert (first.cleared, first.unchanged) == ((), frozenset())
+    assert second.changes == {"first": "Jane"}
+    assert second.cleared == ("last",)  # written before, empty now
+    assert second.unchanged == {"email"}
+
+
+async def test_a_field_never_written_is_never_cleared(running: Callable[..., Any]) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    await send(service, "contact-created", contact(1, lastName=None))  # no last name yet
+    await status_reaches(service, delivered=1, pending=0)
+    await send(service, "contact-updated", contact(1, lastName=None, firstName="Jane"))
+    await status_reaches(service, delivered=2, pending=0)
+    assert fake.pushes[1][0].cleared == ()
+
+
+async def test_a_change_back_is_delivered(running: Callable[..., Any]) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    for n, last in enumerate(("A", "B", "A")):
+        event = "contact-updated" if n else "contact-created"
+        await send(service, event, contact(1, lastName=last))
+        await status_reaches(service, delivered=n + 1, pending=0)
+    assert [batch[0].fields["last"] for batch in fake.pushes] == ["A", "B", "A"]
+    assert fake.contacts[contact(1)["id"]]["last"] == "A"
+    again = await send(service, "contact-updated", contact(1, lastName="A"))  # redelivered
+    assert again["status"] == "duplicate"
+
+
+async def test_a_write_that_may_still_land_holds_the_next_one_back(
+    running: Callable[..., Any],
+) -> None:
+    targets = {"fake": {"type": "fake", "mapping": FAKE_MAPPING, "push_timeout": 1.5}}
+    service = await running(targets)
+    fake = fake_adapter(service)
+    fake.script = lambda r: Retry("read timeout", after=0.01, maybe_written=True)
+    await send(service, "contact-created", contact(1))
+    await eventually(lambda: len(fake.pushes) == 1)
+    first = time.monotonic()
+    fake.script = None
+    await eventually(lambda: len(fake.pushes) == 2)
+    # Not after 0.01 s as the adapter asked: the unanswered write gets push_timeout to land.
+    assert time.monotonic() - first >= 1.4
+    await status_reaches(service, delivered=1, pending=0)
+
+
+async def test_a_push_timeout_holds_the_next_write_back(running: Callable[..., Any]) -> None:
+    targets = {"fake": {"type": "fake", "mapping": FAKE_MAPPING, "push_timeout": 1}}
+    service = await running(targets)
+    fake = fake_adapter(service)
+    fake.gate, fake.hold = asyncio.Event(), {contact(1)["id"]}
+    await send(service, "contact-created", contact(1, lastName="OLD"))
+    await eventually(lambda: bool(fake.in_flight))
+    started = time.monotonic()
+    await send(service, "contact-updated", contact(1, lastName="NEW"))
+    await eventually(lambda: not fake.in_flight)  # cancelled by push_timeout
+    fake.hold = set()
+    await status_reaches(service, delivered=2, pending=0)
+    assert time.monotonic() - started >= 1.9  # the timeout, then as long again for the fence
+    assert [b[0].fields["last"] for b in fake.pushes] == ["OLD", "NEW"]
+    assert fake.overlaps == 0
+
+
+async def test_a_burst_goes_out_in_full_batches(running: Callable[..., Any]) -> None:
+    target = {"type": "fake", "mapping": FAKE_MAPPING, "batch_size": 20, "linger": 5,
+              "concurrency": 4}  # fmt: skip
+    service = await running({"fake": target})
+    fake = fake_adapter(service)
+    await asyncio.gather(*(send(service, "contact-created", contact(n)) for n in range(40)))
+    await status_reaches(service, delivered=40, pending=0)
+    assert [len(batch) for batch in fake.pushes] == [20, 20]  # ceil(40 / 20) calls, no more

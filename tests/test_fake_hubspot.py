@@ -6,7 +6,9 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import hubspot
@@ -488,6 +490,17 @@ async def test_properties_and_groups(fake: FakeHubSpot, hs: HubSpot) -> None:
     assert [o.value for o in patched.options] == ["silver", "gold"]
     answer = await hs(hs.contacts.upsert, upsert(("T", {"mimeeq_tier": "silver"})))
     assert answer.results[0].properties["mimeeq_tier"] == "silver"
+    bare = PropertyCreate(
+        name="mimeeq_bare", label="Bare", type="enumeration", field_type="checkbox",
+        group_name="mimeeq", options=[],
+    )  # fmt: skip
+    with pytest.raises(PropertiesError) as caught:  # this portal wants options (the default)
+        await hs(hs.properties.create, "contacts", bare)
+    assert caught.value.status == 400
+    assert error_body(caught.value)["message"] == "An enumeration property needs options"
+    assert "mimeeq_bare" not in fake.properties["contacts"]
+    fake.enumeration_needs_options = False  # this one does not
+    assert (await hs(hs.properties.create, "contacts", bare)).options == []
     got = await hs(hs.properties.get_by_name, "contacts", "hs_lead_status")
     assert "UNQUALIFIED" in [o.value for o in got.options]
     assert MIMEEQ in {p.name for p in (await hs(hs.properties.get_all, "contacts")).results}
@@ -559,6 +572,53 @@ async def test_v4_default_associations(fake: FakeHubSpot, hs: HubSpot) -> None:
     with pytest.raises(AssociationsError) as caught:
         await hs(hs.associations.create_default, "contacts", "deals", {"inputs": []})
     assert caught.value.status == 400
+
+
+async def test_v4_batch_archive_removes_associations(fake: FakeHubSpot, hs: HubSpot) -> None:
+    contact = fake.add_contact(email="a@example.com")
+    one, two = fake.add_company(name="One"), fake.add_company(name="Two")
+    fake.associations |= {(contact, one), (contact, two)}
+    body = {"inputs": [{"from": {"id": contact}, "to": [{"id": one}, {"id": "999"}]}]}
+    _, status, _ = await hs(hs.associations.archive_with_http_info, "contacts", "companies", body)
+    assert status == 204
+    assert fake.associations == {(contact, two)}  # an association that is not there is ignored
+    # the other way round, from the company
+    body = {"inputs": [{"from": {"id": two}, "to": [{"id": contact}]}]}
+    await hs(hs.associations.archive, "companies", "contacts", body)
+    assert fake.associations == set()
+    with pytest.raises(AssociationsError) as caught:  # ``to`` is a list in this body
+        await hs(hs.associations.archive, "contacts", "companies",
+                 {"inputs": [{"from": {"id": contact}, "to": {"id": one}}]})  # fmt: skip
+    assert caught.value.status == 400
+
+
+# --- account ---
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Asia/Kolkata"])
+async def test_account_info_tells_the_time_zone(zone: str) -> None:
+    fake = FakeHubSpot(time_zone=zone)
+    await fake.start()
+    url = fake.url + "/account-info/v3/details"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as refused:
+                assert refused.status == 401
+            fake.scopes_missing = True  # it needs no CRM scope
+            headers = {"Authorization": f"Bearer {fake.token}"}
+            async with http.get(url, headers=headers) as response:
+                assert response.status == 200
+                body = await response.json()
+    finally:
+        await fake.stop()
+    offset = datetime.now(ZoneInfo(zone)).utcoffset()
+    assert offset is not None
+    assert body["timeZone"] == zone
+    assert body["utcOffsetMilliseconds"] == offset.total_seconds() * 1000
+    assert body["utcOffset"] == {"UTC": "+00:00", "Asia/Kolkata": "+05:30"}.get(
+        zone, body["utcOffset"]
+    )
+    assert {"portalId", "accountType", "companyCurrency", "uiDomain"} <= body.keys()
 
 
 # --- the edge: auth, rate limits, failures, overlaps ---
@@ -638,7 +698,8 @@ async def test_daily_limit() -> None:
 
 
 async def test_fail_next_answers_the_next_requests(fake: FakeHubSpot, hs: HubSpot) -> None:
-    fake.fail_next = [503, "reset", 429]
+    fake.fail_next = [None, 503, "reset", 429]
+    await hs(hs.properties.get_all, "contacts")  # None: this one goes through
     with pytest.raises(ApiException) as caught:
         await hs(hs.contacts.upsert, upsert(("A", {})))
     assert caught.value.status == 503
@@ -650,7 +711,7 @@ async def test_fail_next_answers_the_next_requests(fake: FakeHubSpot, hs: HubSpo
     assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "1"
     assert fake.contacts == {}
     await hs(hs.contacts.upsert, upsert(("A", {})))
-    assert [c.status for c in fake.calls] == [503, 0, 429, 200]
+    assert [c.status for c in fake.calls] == [200, 503, 0, 429, 200]
     assert len(fake.contacts) == 1
 
 
@@ -704,6 +765,51 @@ async def test_overlapping_writes_of_one_contact_are_counted() -> None:
     finally:
         hs.close()
         await fake.stop()
+
+
+async def test_delay_next_delays_chosen_requests_and_counts_overlaps(
+    fake: FakeHubSpot, hs: HubSpot
+) -> None:
+    fake.delay_next = [0.0, 0.5]  # the first request at once, the second slowly
+    started = time.monotonic()
+    await hs(hs.contacts.upsert, upsert(("A", {"firstname": "x"})))
+    assert time.monotonic() - started < 0.4
+
+    async def later() -> None:
+        await asyncio.sleep(0.1)
+        await hs(hs.contacts.upsert, upsert(("A", {"city": "z"})))
+
+    # delayed 0.5 s, while a write of the same contact comes in and is done
+    await asyncio.gather(hs(hs.contacts.upsert, upsert(("A", {"firstname": "y"}))), later())
+    assert time.monotonic() - started >= 0.5
+    assert fake.delay_next == [] and fake.overlaps == 1
+
+
+async def test_a_request_whose_client_left_is_processed_to_the_end(fake: FakeHubSpot) -> None:
+    fake.delay_next = [0.5]
+    url = fake.url + "/crm/v3/objects/contacts/batch/upsert"
+    auth = {"Authorization": f"Bearer {fake.token}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1), http.post(url, json=upsert(("A", {}))):
+                pass
+    await fake.settled()
+    (call,) = fake.calls
+    assert call.gone and call.status == 200
+    assert fake.find(MIMEEQ, "A") is not None  # the write was applied all the same
+
+
+async def test_trickle_sends_answers_a_byte_at_a_time(fake: FakeHubSpot) -> None:
+    fake.trickle = 0.01
+    url = fake.url + "/crm/v3/properties/contacts/groups"
+    auth = {"Authorization": f"Bearer {fake.token}"}
+    async with aiohttp.ClientSession(headers=auth) as http, http.get(url) as response:
+        assert response.status == 200
+        chunks = [chunk async for chunk in response.content.iter_any()]
+        body = json.loads(b"".join(chunks))
+    assert "mimeeq" not in {g["name"] for g in body["results"]}
+    assert len(chunks) > 10  # it came in pieces
+    assert not fake.calls[0].gone
 
 
 async def test_calls_and_writes_are_recorded(fake: FakeHubSpot, hs: HubSpot) -> None:

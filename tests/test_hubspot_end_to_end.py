@@ -47,6 +47,10 @@ async def fake() -> AsyncIterator[FakeHubSpot]:
         "mimeeq_tags", object_type="contacts", type="enumeration", field_type="checkbox",
         options=[("tag1", "tag1")], group="mimeeq",
     )  # fmt: skip
+    hub.add_property(
+        "mimeeq_status", object_type="contacts", type="enumeration", field_type="select",
+        options=[("ACTIVE", "Active"), ("INACTIVE", "Inactive")], group="mimeeq",
+    )  # fmt: skip
     try:
         yield hub
     finally:
@@ -66,6 +70,7 @@ def hubspot_config(folder: Path, fake: FakeHubSpot, **target: Any) -> Path:
                         "type": "hubspot",
                         "access_token": "${TEST_HUBSPOT_TOKEN}",
                         "base_url": fake.url,
+                        # The shipped mapping, and the lead status as a field HubSpot can refuse.
                         "mapping": {
                             "extends": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
                             "fields": {"hs_lead_status": STATUS_WITHOUT_DEFAULT},
@@ -135,6 +140,7 @@ async def test_300_contacts_reach_hubspot_exactly_as_mapped(
         assert props.get("lastname") == ("Updated" if n in updated else "Doe")
         assert props.get("email") == (None if n >= 295 else f"person{n}@example.com")
         assert props["hs_lead_status"] == "OPEN" and props["mimeeq_tags"] == "tag1;tag2"
+        assert props["mimeeq_status"] == "ACTIVE"
     # Pre-existing contacts were adopted, not duplicated; what sales set survives.
     for n, hs_id in existing.items():
         assert (hs_id in fake.contacts) == (n not in deleted)
@@ -175,10 +181,9 @@ async def test_backlog_stays_under_the_rate_limit(tmp_path: Path, fake: FakeHubS
     finally:
         await service.stop()
     assert len(fake.contacts) == 120
-    assert fake.count(429) <= 3
-    calls = [c.at for c in fake.calls]
-    busiest = max(sum(1 for t in calls if s <= t < s + 1.0) for s in calls)
-    assert busiest <= 10
+    # HubSpot counts a request when it arrives: one delayed on its way by a busy machine can
+    # land in the next window, and is then refused (and retried). Hardly ever.
+    assert fake.rate_refusals <= 3
 
 
 async def test_a_revoked_token_pauses_the_target_until_it_is_fixed(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,10 +195,11 @@ async def test_import_json_lines(running: Callable, tmp_path: Path) -> None:
     await eventually(lambda: len(fake.contacts) == 5)
 
 
-async def test_stopping_releases_claims_of_pushes_that_did_not_finish(tmp_path: Path) -> None:
-    config = load_config(
-        write_config(tmp_path, {"fake": {"type": "fake", "mapping": FAKE_MAPPING}})
-    )
+async def test_stopping_hands_back_a_cut_push_after_its_write_could_land(tmp_path: Path) -> None:
+    """A push cut short by a stop may have sent its write: the contact is handed back at once
+    (no lease to wait out, no recovery), and written again once that write could have landed."""
+    target = {"fake": {"type": "fake", "mapping": FAKE_MAPPING, "push_timeout": 2}}
+    config = load_config(write_config(tmp_path, target))
     service = Service(config)
     await service.start()
     fake = fake_adapter(service)
@@ -205,12 +207,59 @@ async def test_stopping_releases_claims_of_pushes_that_did_not_finish(tmp_path: 
     await send(service, "contact-created", contact(1))
     await eventually(lambda: bool(fake.in_flight))
     service.config.server.drain_timeout = 0.2
+    stopped = time.time()
     await service.stop()
     service = Service(config)
     await service.start()
     try:
-        # Released at stop: claimable at once, not after a lease or a recovery.
-        assert (await service.store.status())[0].pending == 1
+        (status,) = await service.store.status()
+        assert status.pending == 1
         await eventually(lambda: bool(fake_adapter(service).contacts))
+        (record,) = fake_adapter(service).pushes[0]
+        assert time.time() - stopped >= 2  # push_timeout: the fence of a cut write
+        assert record.attempt == 1  # handed back, not a failure
     finally:
         await service.stop()
+
+
+async def test_trace_shows_what_each_push_wrote_and_skipped(running: Callable) -> None:
+    service = await running()
+    one = contact(1)["id"]
+    await send(service, "contact-created", contact(1, lastName="Doe"))
+    await status_reaches(service, delivered=1, pending=0)
+    await send(service, "contact-updated", contact(1, lastName=None, firstName="Jane"))
+    await status_reaches(service, delivered=2, pending=0)
+    await send(service, "contact-updated", contact(1, lastName=None, firstName="Jane", status="X"))
+    await status_reaches(service, delivered=2, unchanged=1, pending=0)
+    result = await cli("trace", one, "--config", config_of(service))
+    lines = result.stdout.splitlines()
+    pushes = [n for n, line in enumerate(lines) if "demo/fake" in line and "(event" in line]
+    assert [lines[n + 1].strip() for n in pushes] == [
+        'wrote first="First1", last="Doe", email="p***@example.com"',  # masked like the logs
+        'wrote first="Jane"; cleared last; unchanged email',
+        "unchanged email, first",
+    ]
+    assert "  unchanged  (" in lines[pushes[2]]
+    as_json = json.loads((await cli("trace", one, "--config", config_of(service), "--json")).stdout)
+    assert as_json["attempts"][1]["fields"] == {
+        "written": {"first": "Jane"}, "cleared": ["last"], "unchanged": ["email"]}  # fmt: skip
+
+
+async def test_resync_writes_contacts_whole_again(running: Callable) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    for n in (1, 2):
+        await send(service, "contact-created", contact(n))
+    await status_reaches(service, delivered=2, pending=0)
+    config = config_of(service)
+    one = await cli("resync", contact(1)["id"], "--config", config)
+    assert one.exit_code == 0, one.output
+    assert one.stdout.strip() == "demo/fake: 1 contact(s) queued for a full re-write"
+    await status_reaches(service, delivered=3, pending=0)
+    assert fake.pushes[-1][0].changes == fake.pushes[-1][0].fields  # every field, not a diff
+    everything = await cli("resync", "--all", "--config", config, "--json")
+    assert json.loads(everything.stdout) == {"demo/fake": 2}
+    await status_reaches(service, delivered=5, pending=0)
+    assert sorted(r.contact_id for r in fake.pushes[-1]) == [contact(1)["id"], contact(2)["id"]]
+    neither = await cli("resync", "--config", config)
+    assert neither.exit_code == 2 and "give contact ids, or --all" in neither.output

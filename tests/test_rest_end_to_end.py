@@ -18,6 +18,7 @@ from aiohttp import web
 
 from connector.mapping import load_mapping
 from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact, drained
+from tests.waiting import eventually
 
 CRM_TOKEN = "crm-end-to-end-token-0123456789"
 MAPPING = ROOT / "mappings" / "rest-contacts.yaml"
@@ -35,6 +36,9 @@ class FakeCrm:
         self.unkeyed_writes = 0
         self.random = random.Random(seed)
         self.failure_rate = failure_rate
+        self.delay_next: list[float] = []  # seconds the next writes wait before their work
+        self.writing = 0  # writes being worked on right now
+        self.overlaps = 0  # writes that began while another one was still being worked on
         self._next_id = 1000
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/api/v1/contacts", self.find)
@@ -68,7 +72,7 @@ class FakeCrm:
         if key and key in self.replies:  # a retry of a request already done: the same answer
             status, body = self.replies[key]
         else:
-            response = await handler(request)
+            response = await self._work(request, handler)
             assert isinstance(response, web.Response)
             status, body = response.status, response.text
             if key and status < 300:
@@ -76,6 +80,21 @@ class FakeCrm:
         if roll < self.failure_rate:  # did the work, but the answer is lost
             return web.json_response({"errors": [{"title": "unavailable"}]}, status=503)
         return web.Response(status=status, text=body, content_type="application/json")
+
+    async def _work(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A write is worked on to the end even when its client has gone (as aiohttp and many
+        real servers do): an abandoned write can still land."""
+        if request.method == "GET":
+            return await handler(request)
+        await request.read()  # the whole request is in: what follows is the CRM's own work
+        self.overlaps += self.writing > 0
+        self.writing += 1
+        try:
+            if self.delay_next:
+                await asyncio.sleep(self.delay_next.pop(0))
+            return await handler(request)
+        finally:
+            self.writing -= 1
 
     async def find(self, request: web.Request) -> web.Response:
         wanted = request.query["filter[external_id]"]
@@ -118,7 +137,7 @@ async def crm() -> AsyncIterator[FakeCrm]:
         await fake.runner.cleanup()
 
 
-def rest_config(folder: Path, crm: FakeCrm) -> Path:
+def rest_config(folder: Path, crm: FakeCrm, **options: Any) -> Path:
     wrapped = {"data": {"type": "contacts", "attributes": "$record"}}
     target = {
         "type": "rest",
@@ -138,6 +157,7 @@ def rest_config(folder: Path, crm: FakeCrm) -> Path:
         },
         "linger": 0.05,
         "backoff": {"initial": 0.05, "max": 0.5},
+        **options,
     }
     config = {
         "server": {"host": "127.0.0.1", "port": 0, "drain_timeout": 10},
@@ -220,7 +240,43 @@ async def test_100_contacts_reach_a_flaky_rest_crm_exactly_as_mapped(
 
     with sqlite3.connect(tmp_path / "connector.db") as db:
         assert db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 0
-        links = dict(db.execute("SELECT contact_id, remote_id FROM links"))
+        links = dict(db.execute("SELECT contact_id, remote_id FROM sync_state"))
     crm_ids = {attributes["external_id"]: crm_id for crm_id, attributes in crm.contacts.items()}
     assert links == crm_ids  # the connector remembers each live contact's CRM id
     assert CRM_TOKEN not in server.log.read_text()
+
+
+@pytest.mark.parametrize("then", ["contact-updated", "contact-deleted"])
+async def test_an_abandoned_write_never_lands_after_a_newer_one(
+    tmp_path: Path,
+    server_process: Callable[[Path], ServerProcess],
+    monkeypatch: pytest.MonkeyPatch,
+    then: str,
+) -> None:
+    """The CRM works on the create for 8 s, longer than push_timeout: the connector gives up on
+    it, but the CRM still creates the contact. The update (or delete) posted a second later must
+    land after it, never before, and never while it is still being worked on."""
+    monkeypatch.setenv("TEST_CRM_TOKEN", CRM_TOKEN)
+    crm = FakeCrm(failure_rate=0)
+    await crm.start()
+    try:
+        crm.delay_next = [8.0]
+        server = server_process(rest_config(tmp_path, crm, push_timeout=5))
+        server.start()
+        one = contact(1, lastName="OLD")
+        await post_all(server.url, [("contact-created", one)])
+        await eventually(lambda: crm.writing == 1)
+        await asyncio.sleep(1)
+        later = {"id": one["id"], "customerId": CUSTOMER} if then == "contact-deleted" else one
+        await post_all(server.url, [(then, {**later, "lastName": "NEW"})])
+        await drained(tmp_path / "connector.db")
+        assert server.stop() == 0
+    finally:
+        await crm.runner.cleanup()
+    assert crm.overlaps == 0
+    assert set(crm.created.values()) == {1}  # created once: found by lookup afterwards
+    if then == "contact-deleted":
+        assert crm.contacts == {}  # never resurrected by the late create
+    else:
+        (attributes,) = crm.contacts.values()
+        assert attributes["last_name"] == "NEW"

@@ -9,6 +9,7 @@ the reason, except under ``CI=true``, where they fail: CI must run them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -27,7 +29,8 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.errors import ConfigError
-from connector.store.base import ClaimedItem, NewEvent, Result, Store
+from connector.store.base import ClaimedItem, NewEvent, Result, Store, SyncState
+from connector.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from connector.store.postgres import PostgresStore, redacted
 from connector.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from connector.store.sqlite import SQLiteStore
@@ -102,6 +105,8 @@ class Backend:
     url: str  # as store.url in a config file
     make: Callable[..., Store]  # another store on the same data (not opened yet)
     set_version: Callable[[int], Awaitable[None]]  # write a schema version (tests of refusal)
+    # The schema of the release before sync state, with one event and one link row in it.
+    create_version_1: Callable[..., Awaitable[None]]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -113,11 +118,21 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             with sqlite3.connect(path) as db:
                 db.execute(f"PRAGMA user_version = {version}")
 
+        async def sqlite_version_1(event_row: tuple[Any, ...], link_row: tuple[Any, ...]) -> None:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                db.executescript(SQLITE_MIGRATIONS[0])
+                db.execute(f"INSERT INTO events VALUES ({','.join('?' * len(event_row))})",
+                           event_row)  # fmt: skip
+                db.execute("INSERT INTO links VALUES (?, ?, ?, ?, ?)", link_row)
+                db.execute("PRAGMA user_version = 1")
+                db.commit()
+
         yield Backend(
             "sqlite",
             f"sqlite:///{path}",
             lambda **options: SQLiteStore(path, **options),
             sqlite_version,
+            sqlite_version_1,
         )
         return
     async with postgres_schema() as url:
@@ -131,8 +146,31 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             finally:
                 await conn.close()
 
+        async def postgres_version_1(event_row: tuple[Any, ...], link_row: tuple[Any, ...]) -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                for version in (1, 2):  # version 2 added rate limits, before sync state
+                    await conn.execute(POSTGRES_MIGRATIONS[version - 1])
+                await conn.execute(
+                    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                    " applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                await conn.execute("INSERT INTO schema_migrations VALUES (1, 0), (2, 0)")
+                await conn.execute(
+                    "INSERT INTO events OVERRIDING SYSTEM VALUE VALUES"
+                    " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    *event_row,
+                )
+                await conn.execute("INSERT INTO links VALUES ($1, $2, $3, $4, $5)", *link_row)
+            finally:
+                await conn.close()
+
         yield Backend(
-            "postgres", url, lambda **options: PostgresStore(url, **options), postgres_version
+            "postgres",
+            url,
+            lambda **options: PostgresStore(url, **options),
+            postgres_version,
+            postgres_version_1,
         )
 
 
@@ -526,20 +564,138 @@ async def test_trace_tells_the_story_of_a_contact(store: Store) -> None:
 
 
 async def test_prune_keeps_what_is_still_needed(store: Store) -> None:
+    await store.append(event("delivered", body=b'{"v": 0}'))
     await store.append(event("delivered", body=b'{"v": 1}'))
     claim = await store.claim(T, 10, 60)
     await store.complete(claim, [Result("delivered", "delivered")])
     await dead(store, "dead", b'{"v": 2}')
     await store.append(event("pending", body=b'{"v": 3}'))
+    await store.append(event("gone", body=b'{"v": 4}'))
+    await store.append(event("gone", "delete"))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(claim, [Result(i.contact_id, "delivered") for i in claim.items])
     await asyncio.sleep(0.05)
     assert await store.prune(retention=3600) == {"events": 0, "attempts": 0}
     pruned = await store.prune(retention=0.01)
-    assert pruned == {"events": 1, "attempts": 2}
-    assert (await store.trace("delivered")).events == []
+    assert pruned == {"events": 3, "attempts": 4}
+    # A live contact's latest state stays (a forced re-write maps it again); older ones go.
+    assert [e.payload for e in (await store.trace("delivered")).events] == [b'{"v": 1}']
+    assert (await store.trace("gone")).events == []  # deleted: nothing of it is kept
     assert len((await store.trace("dead")).events) == 1  # a dead letter still needs it
     assert len((await store.trace("pending")).events) == 1  # so does the queue
     (letter,) = await store.dead_letters()
     assert (await store.dead_letter(letter.id)).payload == b'{"v": 2}'  # type: ignore[union-attr]
+    late = await store.append(event("gone", body=b'{"v": 5}'))
+    assert late.status == "dropped"  # the tombstone outlives the events
+
+
+# --- the target as a mirror: dedupe, sync state, forced re-writes ------------------------------
+
+
+async def test_a_change_back_is_a_change_not_a_redelivery(store: Store) -> None:
+    answers = [
+        await store.append(event("c1", body=body)) for body in (b'{"s": "A"}', b'{"s": "B"}')
+    ]
+    back = await store.append(event("c1", body=b'{"s": "A"}'))
+    assert [a.status for a in [*answers, back]] == ["queued", "queued", "queued"]
+    again = await store.append(event("c1", body=b'{"s": "A"}'))  # the latest, redelivered
+    assert (again.status, again.event_id) == ("duplicate", back.event_id)
+    (item,) = (await store.claim(T, 10, 60)).items
+    assert (item.payload, item.events) == (b'{"s": "A"}', 3)
+
+
+async def test_sync_state_is_recorded_after_a_confirmed_write(store: Store) -> None:
+    await store.append(event("c1"))
+    (item,) = (claim := await store.claim(T, 10, 60)).items
+    assert item.state is None and not item.full
+    state = SyncState("hs-1", {"email": "d1", "firstname": "d2"}, "COMP-1", "hs-c1")
+    await store.complete(claim, [Result("c1", "delivered", remote_id="hs-1", state=state)])
+
+    await store.append(event("c1"))
+    (item,) = (claim := await store.claim(T, 10, 60)).items
+    assert (item.state, item.remote_id) == (state, "hs-1")
+    # Nothing mapped changed: no call, counted apart, and the state stays.
+    await store.complete(claim, [Result("c1", "unchanged", fields='{"unchanged": ["email"]}')])
+    (status,) = await store.status()
+    assert (status.delivered, status.unchanged, status.pending) == (1, 1, 0)
+    assert [a.outcome for a in (await store.trace("c1")).attempts] == ["delivered", "unchanged"]
+    assert (await store.trace("c1")).attempts[1].fields == '{"unchanged": ["email"]}'
+
+    await store.append(event("c1"))
+    (item,) = (claim := await store.claim(T, 10, 60)).items
+    assert item.state == state
+    await store.complete(claim, [Result("c1", "retry", error="503", due_at=0)])
+    (item,) = (claim := await store.claim(T, 10, 60)).items
+    assert item.state == state  # a failed write changes nothing of it
+
+    await store.complete(claim, [Result("c1", "dead", error="refused")])
+    await store.append(event("c1", "delete"))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(claim, [Result("c1", "delivered")])
+    assert (await store.trace("c1")).remote_ids == {}  # a deleted contact is forgotten
+
+
+async def test_a_write_without_a_new_id_keeps_the_known_one(store: Store) -> None:
+    await store.append(event("c1"))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(claim, [Result("c1", "delivered", remote_id="hs-1")])
+    await store.append(event("c1"))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(claim, [Result("c1", "delivered", state=SyncState(None, {}))])
+    await store.append(event("c1"))
+    (item,) = (await store.claim(T, 10, 60)).items
+    assert item.state == SyncState("hs-1", {}) and item.remote_id == "hs-1"
+
+
+async def test_resync_queues_a_full_rewrite_of_live_contacts(store: Store) -> None:
+    for contact in ("c1", "c2", "c3"):
+        await store.append(event(contact, body=b'{"%s": 1}' % contact.encode()))
+    await store.append(event("c1", body=b'{"c1": 2}'))
+    claim = await store.claim(T, 10, 60)
+    done = SyncState("hs", {"x": "d"})
+    await store.complete(
+        claim, [Result(i.contact_id, "delivered", state=done) for i in claim.items]
+    )
+    await store.append(event("c3", "delete"))
+    claim = await store.claim(T, 10, 60)
+    await store.complete(claim, [Result("c3", "delivered")])
+    await store.append(event("c2", body=b'{"c2": 2}'))  # queued already: marked, not doubled
+
+    assert await store.resync(T, None) == 2  # c1 and c2; c3 was deleted
+    items = {i.contact_id: i for i in (await store.claim(T, 10, 60)).items}
+    assert set(items) == {"c1", "c2"}
+    assert all(i.full and i.state == done for i in items.values())
+    assert (items["c1"].payload, items["c2"].payload) == (b'{"c1": 2}', b'{"c2": 2}')
+    assert await store.resync(T, ["c3", "nobody"]) == 0
+    assert await store.resync("demo/other", None) == 0
+
+
+async def test_a_replay_is_a_full_rewrite(store: Store) -> None:
+    await dead(store, "c1", b'{"v": 1}')
+    (letter,) = await store.dead_letters()
+    await store.replay([letter.id], [T])
+    (item,) = (claim := await store.claim(T, 10, 60)).items
+    assert item.full
+    await store.append(event("c1", body=b'{"v": 2}'))
+    await store.complete(claim, [Result("c1", "delivered", state=SyncState(None, {}))])
+    (item,) = (await store.claim(T, 10, 60)).items
+    assert not item.full  # the next write after the full one is a diff again
+
+
+async def test_an_upgraded_store_keeps_ids_and_writes_each_contact_whole(backend: Backend) -> None:
+    """A store from the release before sync state: its links become states without digests."""
+    await backend.create_version_1(
+        event_row=(1, "e-1", "demo", "c1", "contact-updated", "upsert", b"{}", 1.0, None, 0),
+        link_row=(T, "c1", "hs-9", 1, 1.0),
+    )
+    store = backend.make()
+    await store.open()
+    try:
+        await store.append(event("c1"))
+        (item,) = (await store.claim(T, 10, 60)).items
+        assert item.state == SyncState("hs-9", None) and item.remote_id == "hs-9"
+    finally:
+        await store.close()
 
 
 async def test_queued_tells_which_contacts_wait(store: Store) -> None:
@@ -576,8 +732,6 @@ async def test_another_writer_is_waited_for_without_blocking_the_loop(
 
 
 def latest_version(backend: Backend) -> int:
-    from connector.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
-
     return len(SQLITE_MIGRATIONS if backend.name == "sqlite" else POSTGRES_MIGRATIONS)
 
 

@@ -214,6 +214,46 @@ async def _purge(
 
 @main.command()
 @config_option
+@click.argument("contact_ids", nargs=-1)
+@click.option("--all", "all_of", is_flag=True, help="Every contact the targets hold.")
+@tenant_option
+@target_option
+@json_option
+def resync(
+    config_path: Path | None,
+    contact_ids: tuple[str, ...],
+    all_of: bool,
+    tenant: str | None,
+    target: str | None,
+    as_json: bool,
+) -> None:
+    """Write contacts again in full, not as a diff (after an edit in the CRM by hand, or a
+    mapping change): one or more contacts, every contact of a target, or of every target.
+
+    Each is queued with its latest state and written whole by a running server: every mapped
+    field, and the emptied ones cleared. Deleted contacts stay deleted.
+    """
+    if bool(contact_ids) == all_of:
+        raise click.UsageError("give contact ids, or --all")
+    config = load(config_path)
+    targets = pick_targets(config, tenant, target)
+    queued = asyncio.run(_resync(config, targets, list(contact_ids) or None))
+    if as_json:
+        print_json(queued)
+        return
+    for key, n in queued.items():
+        click.echo(f"{key}: {n} contact(s) queued for a full re-write")
+
+
+async def _resync(
+    config: Config, targets: list[str], contact_ids: list[str] | None
+) -> dict[str, int]:
+    async with opened_store(config) as store:
+        return {key: await store.resync(key, contact_ids) for key in targets}
+
+
+@main.command()
+@config_option
 @click.argument("contact_id")
 @json_option
 def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
@@ -241,6 +281,8 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
         detail = f": {a.detail}" if a.detail else ""
         source = f"event {event_ids.get(a.seq, a.seq)}, mapping {a.mapping or '-'}"
         click.echo(f"  {when(a.at)}  {a.target}  {a.outcome}{detail}{crm}  ({source})")
+        if a.fields and a.outcome in ("delivered", "unchanged"):
+            click.echo(_fields_line(orjson.loads(a.fields)))
     for key, (op, tries, due, error) in found.pending.items():
         failed = f", {tries} failed attempt(s), last error: {error}" if tries else ""
         click.echo(f"pending: {key} {op}, next try {when(due)}{failed}")
@@ -250,6 +292,21 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
                    f" ({state})")  # fmt: skip
     for key, remote in found.remote_ids.items():
         click.echo(f"CRM id: {key} {remote}")
+
+
+def _fields_line(fields: dict[str, Any]) -> str:
+    """What a push wrote (values masked like the logs), cleared and skipped as unchanged."""
+    parts = []
+    if written := fields.get("written"):
+        shown = ", ".join(
+            f"{name}={orjson.dumps(value).decode()}" for name, value in written.items()
+        )
+        parts.append(f"wrote {shown}")
+    if cleared := fields.get("cleared"):
+        parts.append(f"cleared {', '.join(cleared)}")
+    if unchanged := fields.get("unchanged"):
+        parts.append(f"unchanged {', '.join(unchanged)}")
+    return "      " + ("; ".join(parts) or "nothing to write")
 
 
 async def _trace(config: Config, contact_id: str) -> Trace:
@@ -263,7 +320,10 @@ def _trace_dict(found: Trace) -> dict[str, Any]:
             asdict(e) | {"payload": orjson.loads(e.payload) if e.payload else None}
             for e in found.events
         ],
-        "attempts": [asdict(a) for a in found.attempts],
+        "attempts": [
+            asdict(a) | {"fields": orjson.loads(a.fields) if a.fields else None}
+            for a in found.attempts
+        ],
         "dead_letters": [_letter_dict(d) for d in found.dead_letters],
         "pending": {
             key: {"op": op, "failed_attempts": tries, "due_at": due, "last_error": error}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,21 +103,24 @@ def map_command(
 @config_option
 @json_option
 def status(config_path: Path | None, as_json: bool) -> None:
-    """Queue state per tenant × target: pending, dead, delivered, oldest pending, paused."""
+    """Queue state per tenant × target: pending, dead, delivered, unchanged (no call needed),
+    oldest pending, paused."""
     config = load(config_path)
     rows = asyncio.run(_status(config))
     now = time.time()
     if as_json:
         print_json([_status_dict(row, now) for row in rows])
         return
-    lines = [("TENANT", "TARGET", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING", "STATE")]
+    lines = [
+        ("TENANT", "TARGET", "PENDING", "DEAD", "DELIVERED", "UNCHANGED", "OLDEST PENDING",
+         "STATE")
+    ]  # fmt: skip
     for row in rows:
         tenant, _, target = row.target.partition("/")
         oldest = _age(now - row.oldest_pending_at) if row.oldest_pending_at else "-"
         state = f"paused: {row.paused_reason}" if row.paused else "active"
-        lines.append(
-            (tenant, target, str(row.pending), str(row.dead), str(row.delivered), oldest, state)
-        )
+        pending, dead, delivered = str(row.pending), str(row.dead), str(row.delivered)
+        lines.append((tenant, target, pending, dead, delivered, str(row.unchanged), oldest, state))
     table(lines)
 
 
@@ -139,6 +143,7 @@ def _status_dict(row: TargetStatus, now: float) -> dict[str, Any]:
         "pending_contacts": row.contacts,
         "dead": row.dead,
         "delivered": row.delivered,
+        "unchanged": row.unchanged,
         "oldest_pending_age_seconds": round(now - row.oldest_pending_at, 3)
         if row.oldest_pending_at
         else None,
@@ -166,27 +171,30 @@ def hubspot_group() -> None:
 @click.option("--tenant", required=True)
 @click.option("--target", "target_name", required=True)
 def hubspot_setup(config_path: Path | None, tenant: str, target_name: str) -> None:
-    """Create the property group and the unique id property in the portal (safe to repeat)."""
+    """Create the property group and the properties the connector needs (safe to repeat).
+
+    Each step is printed as it happens: after a failure (exit 1, HubSpot's message) the lines
+    above it say what was already done.
+    """
     target = find_target(load(config_path), tenant, target_name)
     if target.settings.type != "hubspot":
         raise click.BadParameter(
             f"{target.key} is a {target.settings.type} target", param_hint="--target"
         )
     try:
-        for line in asyncio.run(_hubspot_setup(target)):
-            click.echo(line)
+        asyncio.run(_hubspot_setup(target, click.echo))
     except (DeliveryError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
-async def _hubspot_setup(target: Target) -> list[str]:
+async def _hubspot_setup(target: Target, say: Callable[[str], None]) -> None:
     from adapters.hubspot import HubSpotAdapter
 
     adapter = HubSpotAdapter(
         target.settings, TargetContext(target.tenant, target.name, target.mapping)
     )
     try:
-        return await adapter.setup()
+        await adapter.setup(say)
     finally:
         await adapter.close()
 

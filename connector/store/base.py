@@ -7,9 +7,15 @@ The model, shared by every implementation:
   row (its state is the latest full state; a delete wins), so coalescing happens on write and the
   queue never holds more rows than contacts. ``due_at`` orders the rows oldest first, holds a
   retry back, and while a row is claimed it is the lease expiry.
-* ``dead_letters``, ``links`` (the target's id of each delivered contact), ``tombstones``
-  (deleted contacts, so a late update cannot resurrect them), ``targets`` (counters, pauses)
-  and ``attempts`` (what happened on each push, for ``trace``).
+* ``sync_state``: per target × contact, what the target holds as far as the connector knows: its
+  id for the contact, a digest of each field value last confirmed written, the company the contact
+  is associated with. Written only after a confirmed write; the next write is a diff against it.
+* ``dead_letters``, ``tombstones`` (deleted contacts, so a late update cannot resurrect them),
+  ``targets`` (counters, pauses) and ``attempts`` (what happened on each push, for ``trace``).
+
+Dedupe: an event whose type and body equal those of the contact's latest accepted event is a
+redelivery (``duplicate``); anything else, a change back included, is stored. Retention keeps
+each live contact's latest state, so that a forced full re-write (``resync``) can map it again.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import orjson
+
 from connector.ratelimit import RateLimiter
 from connector.targets import Operation
 
-ResultKind = Literal["delivered", "retry", "dead", "release"]
+ResultKind = Literal["delivered", "unchanged", "retry", "dead", "release"]
 
 # What opening a store does about its schema: apply pending migrations (the default), refuse to
 # start when the schema is behind (``store.migrate_on_start: false``), or leave it alone (the
@@ -84,6 +92,33 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncState:
+    """What a target holds for one contact, as last confirmed by a write."""
+
+    remote_id: str | None = None  # the target's id for the contact
+    # field -> digest of the value last confirmed written; None: never recorded (write it all)
+    digests: dict[str, str] | None = None
+    company_id: str | None = None  # the Mimeeq company an association was last made for
+    company_remote_id: str | None = None  # the target's id of that company, when linked
+
+    def digests_json(self) -> str | None:
+        if self.digests is None:
+            return None
+        return orjson.dumps(self.digests, option=orjson.OPT_SORT_KEYS).decode()
+
+    @classmethod
+    def from_row(
+        cls,
+        remote_id: str | None,
+        digests: str | None,
+        company_id: str | None,
+        company_remote_id: str | None,
+    ) -> SyncState:
+        return cls(remote_id, orjson.loads(digests) if digests else None, company_id,
+                   company_remote_id)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedItem:
     contact_id: str
     op: Operation
@@ -94,6 +129,8 @@ class ClaimedItem:
     remote_id: str | None
     attempts: int  # failed attempts so far
     events: int  # events folded into this push
+    state: SyncState | None = None  # what the target holds; None: nothing confirmed yet
+    full: bool = False  # a forced full re-write (resync, replay): write every field
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +152,8 @@ class Result:
     remote_id: str | None = None
     note: str | None = None
     mapping: str | None = None  # the mapping that produced the pushed record
+    state: SyncState | None = None  # delivered upsert: the sync state to record
+    fields: str | None = None  # JSON, for trace: the properties written, cleared and skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +166,7 @@ class TargetStatus:
     oldest_pending_at: float | None
     paused_reason: str | None
     paused_until: float | None
+    unchanged: int = 0  # events whose mapped values were already in the target: no call
 
     @property
     def paused(self) -> bool:
@@ -189,6 +229,8 @@ class TraceAttempt:
     detail: str | None
     remote_id: str | None
     mapping: str | None
+    fields: str | None = None  # JSON: {"written": {name: masked value}, "cleared": [...],
+    #                                  "unchanged": [...]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +318,8 @@ class Store(ABC):
     async def replay(
         self, ids: Sequence[int] | None, targets: Sequence[str], *, all_of: bool = False
     ) -> list[Replayed]:
-        """Queue the contacts of dead letters again, each with its LATEST known state.
+        """Queue the contacts of dead letters again, each with its LATEST known state, as a full
+        re-write (as ``resync`` does).
 
         ``ids`` picks dead letters; ``all_of`` takes every one not replayed yet. Only the given
         ``targets`` (the configured ones) are replayed. Duplicate suppression does not apply.
@@ -290,6 +333,15 @@ class Store(ABC):
         older_than: float | None = None,
     ) -> int:
         """Delete dead letters (by id, or all of ``targets``, optionally older than a time)."""
+
+    @abstractmethod
+    async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:
+        """Queue a full re-write of contacts of ``target`` with their latest state; return how
+        many were queued. ``None``: every contact the target holds (has a sync state for).
+
+        Such a write carries every mapped field (and clears the cleared ones), whatever the sync
+        state says. Contacts already queued are marked for it; deleted ones are left alone.
+        """
 
     @abstractmethod
     async def queued(self, target: str, contact_ids: Sequence[str]) -> set[str]:

@@ -57,6 +57,7 @@ from connector.store.base import (
     Result,
     SchemaPolicy,
     Store,
+    SyncState,
     TargetState,
     TargetStatus,
     Trace,
@@ -295,6 +296,130 @@ MIGRATIONS: list[str] = [
         until   DOUBLE PRECISION NOT NULL
     );
     """,
+    # 3: the target as a mirror (see the SQLite store's migration 2): ``links`` becomes
+    # ``sync_state``, dedupe compares an event with its contact's latest one, forced re-writes.
+    """
+    DROP INDEX events_by_digest;
+    CREATE INDEX events_by_contact ON events (tenant, contact_id, seq);
+    ALTER TABLE links RENAME TO sync_state;
+    ALTER TABLE sync_state ADD COLUMN digests TEXT;  -- JSON {field: digest}; NULL: unknown
+    ALTER TABLE sync_state ADD COLUMN company_id TEXT;
+    ALTER TABLE sync_state ADD COLUMN company_remote_id TEXT;
+    ALTER TABLE queue ADD COLUMN full_write BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE targets ADD COLUMN unchanged BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN fields TEXT;
+
+    -- As in migration 1, but a duplicate is a repeat of the contact's LATEST event only: a
+    -- change back (A, B, A) is stored.
+    CREATE OR REPLACE FUNCTION connector_append(
+        p_event_ids TEXT[], p_tenants TEXT[], p_contacts TEXT[], p_types TEXT[], p_ops TEXT[],
+        p_payloads BYTEA[], p_digests BIGINT[], p_targets TEXT[], p_locks BIGINT[],
+        p_now DOUBLE PRECISION, p_since DOUBLE PRECISION, p_dropped TEXT
+    ) RETURNS TABLE (out_status TEXT, out_event_id TEXT)
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
+    DECLARE
+        k BIGINT;
+        v_seq BIGINT;
+        v_head RECORD;
+        v_dropped TEXT;
+    BEGIN
+        FOREACH k IN ARRAY p_locks LOOP
+            PERFORM pg_advisory_xact_lock(k);
+        END LOOP;
+        -- From here on every statement sees what the transactions we waited for committed.
+        FOR i IN 1 .. coalesce(array_length(p_event_ids, 1), 0) LOOP
+            SELECT e.event_id, e.event_type, e.digest, e.received_at, e.seq INTO v_head
+            FROM events e WHERE e.tenant = p_tenants[i] AND e.contact_id = p_contacts[i]
+            ORDER BY e.seq DESC LIMIT 1;
+            IF FOUND AND v_head.digest = p_digests[i] AND v_head.event_type = p_types[i]
+                AND v_head.received_at >= p_since
+                AND (SELECT e.payload FROM events e WHERE e.seq = v_head.seq) = p_payloads[i]
+            THEN  -- a redelivery of the latest event: acknowledge it, keep one
+                out_status := 'duplicate';
+                out_event_id := v_head.event_id;
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            v_dropped := NULL;
+            IF p_ops[i] = 'upsert' AND EXISTS (
+                SELECT 1 FROM tombstones t WHERE t.tenant = p_tenants[i]
+                AND t.contact_id = p_contacts[i]
+            ) THEN
+                v_dropped := p_dropped;
+            END IF;
+            INSERT INTO events (event_id, tenant, contact_id, event_type, op, payload,
+                                received_at, dropped, digest)
+            VALUES (p_event_ids[i], p_tenants[i], p_contacts[i], p_types[i], p_ops[i],
+                    p_payloads[i], p_now, v_dropped, p_digests[i])
+            RETURNING seq INTO v_seq;
+            out_event_id := p_event_ids[i];
+            IF v_dropped IS NOT NULL THEN
+                out_status := 'dropped';
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            IF p_ops[i] = 'delete' THEN
+                INSERT INTO tombstones (tenant, contact_id, seq, deleted_at)
+                VALUES (p_tenants[i], p_contacts[i], v_seq, p_now)
+                ON CONFLICT DO NOTHING;
+            END IF;
+            -- The event folds into the contact's row; due_at is kept (backoff, lease).
+            INSERT INTO queue AS q (target, contact_id, op, last_seq, head_at, events, due_at)
+            SELECT DISTINCT t, p_contacts[i], p_ops[i], v_seq, p_now, 1, p_now
+            FROM unnest(string_to_array(p_targets[i], chr(31))) AS t
+            ON CONFLICT (target, contact_id) DO UPDATE SET
+                op = excluded.op, last_seq = excluded.last_seq, events = q.events + 1;
+            out_status := 'queued';
+            RETURN NEXT;
+        END LOOP;
+    END
+    $fn$;
+
+    -- As in migration 1, and each row comes with its sync state and whether it is a full write.
+    DROP FUNCTION connector_claim(TEXT, BIGINT, DOUBLE PRECISION, DOUBLE PRECISION, INTEGER);
+    CREATE FUNCTION connector_claim(
+        p_target TEXT, p_token BIGINT, p_lease_until DOUBLE PRECISION, p_now DOUBLE PRECISION,
+        p_limit INTEGER
+    ) RETURNS TABLE (contact_id TEXT, op TEXT, seq BIGINT, attempts INTEGER, events INTEGER,
+                     full_write BOOLEAN, event_id TEXT, event_type TEXT, payload BYTEA,
+                     synced BOOLEAN, remote_id TEXT, digests TEXT, company_id TEXT,
+                     company_remote_id TEXT)
+    LANGUAGE plpgsql SET search_path FROM CURRENT SET enable_sort = off
+    SET enable_bitmapscan = off AS $fn$
+    #variable_conflict use_column
+    DECLARE
+        v_contacts TEXT[];
+        v_ops TEXT[];
+        v_seqs BIGINT[];
+        v_attempts INTEGER[];
+        v_events INTEGER[];
+        v_full BOOLEAN[];
+    BEGIN
+        WITH claimed AS (
+            UPDATE queue q SET claim = p_token, claim_seq = q.last_seq,
+                claim_events = q.events, claim_op = q.op, due_at = p_lease_until
+            FROM (SELECT id FROM queue WHERE target = p_target AND due_at <= p_now
+                  ORDER BY due_at LIMIT p_limit
+                  FOR UPDATE SKIP LOCKED) AS picked
+            WHERE q.id = picked.id
+            RETURNING q.contact_id, q.op, q.last_seq, q.attempts, q.events, q.full_write
+        )
+        SELECT array_agg(c.contact_id), array_agg(c.op), array_agg(c.last_seq),
+            array_agg(c.attempts), array_agg(c.events), array_agg(c.full_write)
+        INTO v_contacts, v_ops, v_seqs, v_attempts, v_events, v_full
+        FROM claimed c;
+        RETURN QUERY  -- one index lookup per row, however many rows the tables hold
+        SELECT c.contact_id, c.op, c.seq, c.attempts, c.events, c.full_write, e.event_id,
+            e.event_type, e.payload, s.target IS NOT NULL, s.remote_id, s.digests, s.company_id,
+            s.company_remote_id
+        FROM unnest(v_contacts, v_ops, v_seqs, v_attempts, v_events, v_full)
+            AS c (contact_id, op, seq, attempts, events, full_write)
+        CROSS JOIN LATERAL (SELECT e.event_id, e.event_type, e.payload FROM events e
+                            WHERE e.seq = c.seq) AS e
+        LEFT JOIN sync_state s ON s.target = p_target AND s.contact_id = c.contact_id;
+    END
+    $fn$;
+    """,
 ]
 
 # --- named queries -----------------------------------------------------------------------------
@@ -326,6 +451,7 @@ Q_DROP_ROWS = "DELETE FROM queue WHERE target = $1 AND contact_id = ANY($2::TEXT
 # Events that arrived during the push stay queued, ready at once.
 Q_KEEP_NEWER = f"""
     UPDATE queue SET events = events - claim_events, {UNCLAIM}, attempts = 0, due_at = $1,
+        full_write = FALSE,
         first_error = NULL, last_error = NULL, first_failed_at = NULL,
         head_at = COALESCE((SELECT received_at FROM events  -- only events since the claim
                             WHERE seq > $2 AND tenant = $3 AND contact_id = $4
@@ -340,27 +466,37 @@ Q_RETRY = f"""
 Q_RELEASE = f"""
     UPDATE queue SET {UNCLAIM}, due_at = $1
     WHERE target = $2 AND contact_id = $3 AND claim = $4"""
-Q_LINKS = """
-    INSERT INTO links AS l (target, contact_id, remote_id, seq, at)
-    SELECT $1, r.contact_id, r.remote_id, r.seq, $2
-    FROM unnest($3::TEXT[], $4::TEXT[], $5::BIGINT[]) AS r (contact_id, remote_id, seq)
+# What the target confirmed holding. A write that returned no id keeps the known one.
+Q_STATES = """
+    INSERT INTO sync_state AS s (target, contact_id, remote_id, seq, at, digests, company_id,
+                                 company_remote_id)
+    SELECT $1, r.contact_id, r.remote_id, r.seq, $2, r.digests, r.company_id, r.company_remote_id
+    FROM unnest($3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TEXT[])
+        AS r (contact_id, remote_id, seq, digests, company_id, company_remote_id)
     ON CONFLICT (target, contact_id) DO UPDATE SET
-        remote_id = COALESCE(excluded.remote_id, l.remote_id), seq = excluded.seq,
-        at = excluded.at"""
-Q_UNLINK = "DELETE FROM links WHERE target = $1 AND contact_id = ANY($2::TEXT[])"
+        remote_id = COALESCE(excluded.remote_id, s.remote_id), seq = excluded.seq,
+        at = excluded.at, digests = excluded.digests, company_id = excluded.company_id,
+        company_remote_id = excluded.company_remote_id"""
+Q_STATES_SEEN = """
+    UPDATE sync_state s SET seq = r.seq, at = $2
+    FROM unnest($3::TEXT[], $4::BIGINT[]) AS r (contact_id, seq)
+    WHERE s.target = $1 AND s.contact_id = r.contact_id"""
+Q_FORGET = "DELETE FROM sync_state WHERE target = $1 AND contact_id = ANY($2::TEXT[])"
 Q_DEAD = """
     INSERT INTO dead_letters (target, contact_id, op, seq, events, attempts, first_error, error,
                               first_failed_at, failed_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
 Q_ATTEMPTS = """
-    INSERT INTO attempts (target, contact_id, seq, at, outcome, detail, remote_id, mapping)
-    SELECT $1, a.contact_id, a.seq, $2, a.outcome, a.detail, a.remote_id, a.mapping
-    FROM unnest($3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[])
-        WITH ORDINALITY AS a (contact_id, seq, outcome, detail, remote_id, mapping, n)
+    INSERT INTO attempts (target, contact_id, seq, at, outcome, detail, remote_id, mapping, fields)
+    SELECT $1, a.contact_id, a.seq, $2, a.outcome, a.detail, a.remote_id, a.mapping, a.fields
+    FROM unnest($3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[],
+                $9::TEXT[])
+        WITH ORDINALITY AS a (contact_id, seq, outcome, detail, remote_id, mapping, fields, n)
     ORDER BY a.n"""
 Q_COUNT_DELIVERED = """
-    INSERT INTO targets AS t (target, delivered) VALUES ($1, $2)
-    ON CONFLICT (target) DO UPDATE SET delivered = t.delivered + excluded.delivered"""
+    INSERT INTO targets AS t (target, delivered, unchanged) VALUES ($1, $2, $3)
+    ON CONFLICT (target) DO UPDATE SET delivered = t.delivered + excluded.delivered,
+        unchanged = t.unchanged + excluded.unchanged"""
 Q_NEXT_DUE = "SELECT MIN(due_at) FROM queue WHERE target = $1"
 # Only leases that ran out: the live ones belong to replicas still pushing them.
 Q_RECOVER = f"""
@@ -378,7 +514,7 @@ Q_STATUS_QUEUE = """
     SELECT target, COUNT(*), SUM(events), MIN(head_at) FROM queue GROUP BY target"""
 Q_STATUS_DEAD = """
     SELECT target, COUNT(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY target"""
-Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until FROM targets"
+Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until, unchanged FROM targets"
 
 # --- operators' tools --------------------------------------------------------------------------
 
@@ -392,21 +528,33 @@ Q_REPLAYABLE = """
     WHERE replayed_at IS NULL AND target = ANY($1::TEXT[]) ORDER BY id"""
 Q_DEAD_BY_ID = """
     SELECT id, target, contact_id FROM dead_letters WHERE id = ANY($1::BIGINT[]) ORDER BY id"""
+# The latest state of each of some contacts of one tenant: its last event that was not dropped.
 Q_LATEST_STATE = """
-    SELECT contact_id, MAX(seq) FROM events
-    WHERE tenant = $1 AND dropped IS NULL AND contact_id = ANY($2::TEXT[]) GROUP BY contact_id"""
-# The event is locked (KEY SHARE) so that a retention pass cannot delete it under the new row.
+    SELECT e.contact_id, e.seq, e.op FROM events e
+    WHERE e.seq IN (SELECT MAX(seq) FROM events WHERE tenant = $1 AND dropped IS NULL
+                    AND contact_id = ANY($2::TEXT[]) GROUP BY contact_id)"""
+# Queued again as a full re-write; a contact already queued is only marked for one. The event is
+# locked (KEY SHARE) so that a retention pass cannot delete it under the new row.
 Q_REQUEUE = """
     WITH state AS (SELECT op, seq FROM events WHERE seq = $5 FOR KEY SHARE)
-    INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at)
-    SELECT $1, $2, op, seq, $3, 1, $4 FROM state
+    INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at, full_write)
+    SELECT $1, $2, op, seq, $3, 1, $4, TRUE FROM state
     ON CONFLICT (target, contact_id) DO NOTHING"""
+Q_MARK_FULL = "UPDATE queue SET full_write = TRUE WHERE target = $1 AND contact_id = $2"
+Q_SYNCED = "SELECT contact_id FROM sync_state WHERE target = $1"
 Q_MARK_REPLAYED = "UPDATE dead_letters SET replayed_at = $1 WHERE id = $2"
 # Retention takes two statements: candidates are locked first (a replay requeueing one of them
 # waits, or is skipped), then deleted unless a statement with a fresh snapshot finds them needed.
+# Needed: by a queued row, by a dead letter, or as the latest state of a live contact (kept, so
+# that a forced re-write can map it again).
 NOT_NEEDED = """
     NOT EXISTS (SELECT 1 FROM queue q WHERE q.contact_id = e.contact_id AND q.last_seq = e.seq)
-    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = e.seq AND d.replayed_at IS NULL)"""
+    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = e.seq AND d.replayed_at IS NULL)
+    AND (e.dropped IS NOT NULL OR e.op = 'delete'
+         OR EXISTS (SELECT 1 FROM events n WHERE n.tenant = e.tenant
+                    AND n.contact_id = e.contact_id AND n.seq > e.seq AND n.dropped IS NULL)
+         OR EXISTS (SELECT 1 FROM tombstones t WHERE t.tenant = e.tenant
+                    AND t.contact_id = e.contact_id))"""
 Q_PRUNE_CANDIDATES = f"""
     SELECT e.seq FROM events e WHERE e.received_at < $1 AND {NOT_NEEDED}
     ORDER BY e.seq LIMIT $2
@@ -689,21 +837,26 @@ class PostgresStore(Store):
         token = secrets.randbits(62)
         now = time.time()
         rows = await self.pool.fetch(Q_CLAIM, target, token, now + lease, now, limit)
-        items = [
-            ClaimedItem(
-                contact_id=contact_id,
-                op=op,
-                seq=seq,
-                event_id=event_id,
-                event_type=event_type,
-                payload=payload,
-                remote_id=remote_id,
-                attempts=attempts,
-                events=count,
+        items = []
+        for row in sorted(rows, key=lambda row: row[2]):
+            contact_id, op, seq, attempts, count, full, event_id, event_type, payload = row[:9]
+            synced, remote_id = row[9:11]
+            state = SyncState.from_row(*row[10:]) if synced else None
+            items.append(
+                ClaimedItem(
+                    contact_id=contact_id,
+                    op=op,
+                    seq=seq,
+                    event_id=event_id,
+                    event_type=event_type,
+                    payload=payload,
+                    remote_id=remote_id,
+                    attempts=attempts,
+                    events=count,
+                    state=state,
+                    full=full,
+                )
             )
-            for (contact_id, op, seq, attempts, count, event_id, event_type, payload, remote_id)
-            in sorted(rows, key=lambda row: row[2])
-        ]  # fmt: skip
         return Claim(target=target, token=token, items=items)
 
     async def complete(self, claim: Claim, results: Sequence[Result]) -> None:
@@ -722,13 +875,14 @@ class PostgresStore(Store):
             }
             drop: list[str] = []
             keep_newer: list[tuple[Any, ...]] = []
-            link: dict[str, tuple[str, int]] = {}
-            unlink: list[str] = []
+            states: list[tuple[Any, ...]] = []
+            seen: list[tuple[str, int]] = []
+            forget: list[str] = []
             dead: list[tuple[Any, ...]] = []
             retry: list[tuple[Any, ...]] = []
             release: list[tuple[Any, ...]] = []
             attempts: list[tuple[Any, ...]] = []
-            delivered = 0
+            delivered = unchanged = 0
             for res in results:
                 if res.contact_id not in held:
                     continue
@@ -736,7 +890,7 @@ class PostgresStore(Store):
                     res.contact_id
                 ]
                 key = (target, res.contact_id)
-                if res.kind in ("delivered", "dead"):
+                if res.kind in ("delivered", "unchanged", "dead"):
                     if last_seq == claim_seq:
                         drop.append(res.contact_id)
                     else:  # events that arrived during the push stay queued
@@ -744,9 +898,16 @@ class PostgresStore(Store):
                 if res.kind == "delivered":
                     delivered += claim_events
                     if op == "delete":
-                        unlink.append(res.contact_id)
-                    elif res.remote_id is not None:
-                        link[res.contact_id] = (res.remote_id, claim_seq)
+                        forget.append(res.contact_id)
+                    else:
+                        state = res.state or SyncState(remote_id=res.remote_id)
+                        states.append(
+                            (res.contact_id, state.remote_id, claim_seq, state.digests_json(),
+                             state.company_id, state.company_remote_id)
+                        )  # fmt: skip
+                elif res.kind == "unchanged":
+                    unchanged += claim_events
+                    seen.append((res.contact_id, claim_seq))
                 elif res.kind == "dead":
                     dead.append(
                         (*key, op, claim_seq, claim_events, tries + 1, first_error or res.error,
@@ -762,7 +923,7 @@ class PostgresStore(Store):
                     continue
                 attempts.append(
                     (res.contact_id, claim_seq, res.kind, res.error or res.note, res.remote_id,
-                     res.mapping)
+                     res.mapping, res.fields)
                 )  # fmt: skip
             if drop:
                 await conn.execute(Q_DROP_ROWS, target, drop)
@@ -772,15 +933,16 @@ class PostgresStore(Store):
             ):  # fmt: skip
                 if rows:
                     await conn.executemany(sql, rows)
-            if link:
-                remote_ids, seqs = zip(*link.values(), strict=True)
-                await conn.execute(Q_LINKS, target, now, list(link), remote_ids, seqs)
-            if unlink:
-                await conn.execute(Q_UNLINK, target, unlink)
+            if states:
+                await conn.execute(Q_STATES, target, now, *map(list, zip(*states, strict=True)))
+            if seen:
+                await conn.execute(Q_STATES_SEEN, target, now, *map(list, zip(*seen, strict=True)))
+            if forget:
+                await conn.execute(Q_FORGET, target, forget)
             if attempts:
                 await conn.execute(Q_ATTEMPTS, target, now, *map(list, zip(*attempts, strict=True)))
-            if delivered:
-                await conn.execute(Q_COUNT_DELIVERED, target, delivered)
+            if delivered or unchanged:
+                await conn.execute(Q_COUNT_DELIVERED, target, delivered, unchanged)
 
     async def next_due(self, target: str) -> float | None:
         due: float | None = await self.pool.fetchval(Q_NEXT_DUE, target)
@@ -815,7 +977,7 @@ class PostgresStore(Store):
         out = []
         for target in sorted(set(queued) | set(dead) | set(known)):
             contacts, pending, oldest = queued.get(target, (0, 0, None))
-            delivered, reason, until = known.get(target, (0, None, None))
+            delivered, reason, until, unchanged = known.get(target, (0, None, None, 0))
             out.append(
                 TargetStatus(
                     target,
@@ -826,6 +988,7 @@ class PostgresStore(Store):
                     oldest,
                     reason,
                     until,
+                    unchanged,
                 )
             )
         return out
@@ -885,7 +1048,9 @@ class PostgresStore(Store):
             # The latest state of each contact: newer events may have arrived since it went dead.
             latest: dict[tuple[str, str], int] = {}
             for tenant, contacts in by_tenant.items():
-                for contact_id, seq in await conn.fetch(Q_LATEST_STATE, tenant, sorted(contacts)):
+                for contact_id, seq, _ in await conn.fetch(
+                    Q_LATEST_STATE, tenant, sorted(contacts)
+                ):
                     latest[(tenant, contact_id)] = seq
             for dead_id, target, contact_id in rows:
                 seq = latest.get((target.split("/", 1)[0], contact_id))
@@ -895,11 +1060,27 @@ class PostgresStore(Store):
                 elif seq is None:
                     action = "not found"  # its events were pruned: nothing to send
                 else:
-                    status = await conn.execute(Q_REQUEUE, target, contact_id, now, now, seq)
-                    action = "queued" if _rowcount(status) else "already queued"
+                    queued = await _requeue(conn, target, contact_id, seq, now)
+                    action = "queued" if queued else "already queued"
                     await conn.execute(Q_MARK_REPLAYED, now, dead_id)
                 report.append(Replayed(dead_id, target, contact_id, action))
         return report
+
+    async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:
+        tenant = target.split("/", 1)[0]
+        if contact_ids is None:
+            contact_ids = [row[0] for row in await self.pool.fetch(Q_SYNCED, target)]
+        queued = 0
+        for some in _chunks(sorted(set(contact_ids)), self.replay_slice):
+            now = time.time()
+            async with self._transaction() as conn:
+                # Appends and completions of these contacts wait (and we for theirs).
+                await conn.execute(Q_LOCK_CONTACTS, _lock_keys(tenant, some))
+                for contact_id, seq, op in await conn.fetch(Q_LATEST_STATE, tenant, some):
+                    if op == "upsert":  # a deleted contact stays deleted
+                        await _requeue(conn, target, contact_id, seq, now)
+                        queued += 1
+        return queued
 
     async def purge(
         self,
@@ -943,7 +1124,8 @@ class PostgresStore(Store):
             attempts = [
                 TraceAttempt(*row)
                 for row in await conn.fetch(
-                    "SELECT target, seq, at, outcome, detail, remote_id, mapping FROM attempts"
+                    "SELECT target, seq, at, outcome, detail, remote_id, mapping, fields"
+                    " FROM attempts"
                     " WHERE contact_id = $1 ORDER BY id",
                     contact_id,
                 )
@@ -966,7 +1148,7 @@ class PostgresStore(Store):
             remote_ids = {
                 row[0]: row[1]
                 for row in await conn.fetch(
-                    "SELECT target, remote_id FROM links"
+                    "SELECT target, remote_id FROM sync_state"
                     " WHERE contact_id = $1 AND remote_id IS NOT NULL",
                     contact_id,
                 )
@@ -1042,6 +1224,17 @@ class PostgresRateLimiter(RateLimiter):
         with contextlib.suppress(Exception):  # best effort: this replica holds regardless
             async with self.store._transaction() as conn:
                 await conn.execute(Q_RATE_HOLD, self.account, seconds)
+
+
+async def _requeue(
+    conn: PoolConnectionProxy[asyncpg.Record], target: str, contact_id: str, seq: int, now: float
+) -> bool:
+    """Queue a full re-write of a contact's state ``seq``; False if it was queued already (then
+    the queued write becomes a full one)."""
+    if _rowcount(await conn.execute(Q_REQUEUE, target, contact_id, now, now, seq)):
+        return True
+    await conn.execute(Q_MARK_FULL, target, contact_id)
+    return False
 
 
 def _lock_keys(tenant: str, contacts: Iterable[str]) -> list[int]:

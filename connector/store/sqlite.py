@@ -20,8 +20,9 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
@@ -36,6 +37,7 @@ from connector.store.base import (
     Result,
     SchemaPolicy,
     Store,
+    SyncState,
     TargetState,
     TargetStatus,
     Trace,
@@ -145,6 +147,20 @@ MIGRATIONS: list[str] = [
         mapping    TEXT
     );
     """,
+    # 2: the target as a mirror. Per target × contact, what it holds (``links`` becomes
+    # ``sync_state``: digests of the values written, the associated company); dedupe compares an
+    # event with its contact's latest one (found by contact, not by digest); forced re-writes.
+    """
+    DROP INDEX events_by_digest;
+    CREATE INDEX events_by_contact ON events (tenant, contact_id, seq);
+    ALTER TABLE links RENAME TO sync_state;
+    ALTER TABLE sync_state ADD COLUMN digests TEXT;  -- JSON {field: digest}; NULL: unknown
+    ALTER TABLE sync_state ADD COLUMN company_id TEXT;
+    ALTER TABLE sync_state ADD COLUMN company_remote_id TEXT;
+    ALTER TABLE queue ADD COLUMN full_write INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE targets ADD COLUMN unchanged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN fields TEXT;
+    """,
 ]
 
 # --- named queries -----------------------------------------------------------------------------
@@ -158,9 +174,11 @@ Q_INSERT_EVENT = """
     INSERT INTO events (seq, event_id, tenant, contact_id, event_type, op, payload, received_at,
                         dropped, digest)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-Q_BY_DIGEST = """
-    SELECT digest, tenant, event_type, payload, event_id, received_at FROM events
-    WHERE digest IN"""
+# The latest event of each of some contacts of one tenant (by the events_by_contact index).
+Q_HEADS = """
+    SELECT contact_id, seq, event_id, event_type, digest, received_at FROM events
+    WHERE seq IN (SELECT MAX(seq) FROM events WHERE tenant = ? AND contact_id IN ({marks})
+                  GROUP BY contact_id)"""
 Q_INSERT_TOMBSTONE = """
     INSERT OR IGNORE INTO tombstones (tenant, contact_id, seq, deleted_at) VALUES (?, ?, ?, ?)"""
 # A new event folds into the contact's row: its state becomes the one to push. ``due_at`` is
@@ -174,7 +192,10 @@ Q_CLAIM = """
     UPDATE queue SET claim = ?, claim_seq = last_seq, claim_events = events, claim_op = op,
         due_at = ?
     WHERE id IN (SELECT id FROM queue WHERE target = ? AND due_at <= ? ORDER BY due_at LIMIT ?)
-    RETURNING contact_id, op, last_seq, attempts, events"""
+    RETURNING contact_id, op, last_seq, attempts, events, full_write"""
+Q_STATES = """
+    SELECT contact_id, remote_id, digests, company_id, company_remote_id FROM sync_state
+    WHERE target = ? AND contact_id IN ({marks})"""
 Q_CLAIMED_ROWS = """
     SELECT contact_id, claim_seq, claim_events, last_seq, claim_op, attempts, first_error,
         first_failed_at
@@ -183,6 +204,7 @@ Q_DROP_ROW = "DELETE FROM queue WHERE target = ? AND contact_id = ?"
 # Events that arrived during the push stay queued, ready at once.
 Q_KEEP_NEWER = f"""
     UPDATE queue SET events = events - claim_events, {UNCLAIM}, attempts = 0, due_at = ?,
+        full_write = 0,
         first_error = NULL, last_error = NULL, first_failed_at = NULL,
         head_at = COALESCE((SELECT received_at FROM events  -- only events since the claim
                             WHERE seq > ? AND tenant = ? AND contact_id = ? ORDER BY seq LIMIT 1),
@@ -196,22 +218,28 @@ Q_RETRY = f"""
 Q_RELEASE = f"""
     UPDATE queue SET {UNCLAIM}, due_at = ?
     WHERE target = ? AND contact_id = ? AND claim = ?"""
-Q_LINK = """
-    INSERT INTO links (target, contact_id, remote_id, seq, at) VALUES (?, ?, ?, ?, ?)
+# What the target confirmed holding. A write that returned no id keeps the known one.
+Q_STATE = """
+    INSERT INTO sync_state (target, contact_id, remote_id, seq, at, digests, company_id,
+                            company_remote_id)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (target, contact_id) DO UPDATE SET
-        remote_id = COALESCE(excluded.remote_id, links.remote_id), seq = excluded.seq,
-        at = excluded.at"""
-Q_UNLINK = "DELETE FROM links WHERE target = ? AND contact_id = ?"
+        remote_id = COALESCE(excluded.remote_id, sync_state.remote_id), seq = excluded.seq,
+        at = excluded.at, digests = excluded.digests, company_id = excluded.company_id,
+        company_remote_id = excluded.company_remote_id"""
+Q_STATE_SEEN = "UPDATE sync_state SET seq = ?, at = ? WHERE target = ? AND contact_id = ?"
+Q_FORGET = "DELETE FROM sync_state WHERE target = ? AND contact_id = ?"
 Q_DEAD = """
     INSERT INTO dead_letters (target, contact_id, op, seq, events, attempts, first_error, error,
                               first_failed_at, failed_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 Q_ATTEMPT = """
-    INSERT INTO attempts (target, contact_id, seq, at, outcome, detail, remote_id, mapping)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+    INSERT INTO attempts (target, contact_id, seq, at, outcome, detail, remote_id, mapping, fields)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 Q_COUNT_DELIVERED = """
-    INSERT INTO targets (target, delivered) VALUES (?, ?)
-    ON CONFLICT (target) DO UPDATE SET delivered = delivered + excluded.delivered"""
+    INSERT INTO targets (target, delivered, unchanged) VALUES (?, ?, ?)
+    ON CONFLICT (target) DO UPDATE SET delivered = delivered + excluded.delivered,
+        unchanged = unchanged + excluded.unchanged"""
 Q_NEXT_DUE = "SELECT MIN(due_at) FROM queue WHERE target = ?"
 Q_RECOVER = f"""
     UPDATE queue SET {UNCLAIM}, due_at = ?
@@ -227,7 +255,7 @@ Q_STATUS_QUEUE = """
     SELECT target, COUNT(*), SUM(events), MIN(head_at) FROM queue GROUP BY target"""
 Q_STATUS_DEAD = """
     SELECT target, COUNT(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY target"""
-Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until FROM targets"
+Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until, unchanged FROM targets"
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
@@ -544,6 +572,9 @@ class SQLiteStore(Store):
     ) -> int:
         return await self._call(_purge, ids, targets, older_than)
 
+    async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:
+        return await self._call(_resync, target, contact_ids, time.time())
+
     async def queued(self, target: str, contact_ids: Sequence[str]) -> set[str]:
         return await self._call(_queued, target, list(contact_ids))
 
@@ -613,22 +644,22 @@ def _append_many(
     conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, str, float, float]]
 ) -> list[Accepted]:
     """Store a group of events with a handful of statements, whatever the group's size."""
-    digests = [event_digest(ev) for ev, _, _, _ in batch]
-    seen = _recent(conn, digests, min(now - window for _, _, now, window in batch))
+    heads = _heads(conn, [ev for ev, _, _, _ in batch])
     deleted = _tombstoned(conn, [ev for ev, _, _, _ in batch if ev.op == "upsert"])
     seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
     events: list[tuple[Any, ...]] = []
     tombstones: list[tuple[Any, ...]] = []
     queued: list[tuple[Any, ...]] = []
     answers: list[Accepted] = []
-    for (ev, event_id, now, window), digest in zip(batch, digests, strict=True):
-        original = seen.get((digest, ev.tenant, ev.event_type, ev.payload))
-        if original and original[1] >= now - window:  # a redelivery: acknowledge, keep one
-            answers.append(Accepted(original[0], "duplicate", "already received"))
+    for ev, event_id, now, window in batch:
+        key = (ev.tenant, ev.contact_id)
+        digest = event_digest(ev)
+        head = heads.get(key)
+        if head is not None and head.repeats(ev, digest, now - window, conn):
+            answers.append(Accepted(head.event_id, "duplicate", "already received"))
             continue
         seq += 1
-        seen[(digest, ev.tenant, ev.event_type, ev.payload)] = (event_id, now)
-        key = (ev.tenant, ev.contact_id)
+        heads[key] = Head(seq, event_id, ev.event_type, digest, now, ev.payload)
         dropped = DROPPED_AFTER_DELETE if ev.op == "upsert" and key in deleted else None
         events.append(
             (seq, event_id, ev.tenant, ev.contact_id, ev.event_type, ev.op, ev.payload, now,
@@ -648,17 +679,35 @@ def _append_many(
     return answers
 
 
-def _recent(
-    conn: sqlite3.Connection, digests: list[int], since: float
-) -> dict[tuple[int, str, str, bytes], tuple[str, float]]:
-    """Events stored since ``since`` with these digests (content compared in full by the caller)."""
-    found: dict[tuple[int, str, str, bytes], tuple[str, float]] = {}
-    for chunk in _chunks(list(set(digests))):
-        marks = ",".join("?" * len(chunk))
-        for digest, tenant, event_type, payload, event_id, at in conn.execute(
-            f"{Q_BY_DIGEST} ({marks}) AND received_at >= ?", [*chunk, since]
-        ):
-            found.setdefault((digest, tenant, event_type, payload), (event_id, at))
+@dataclass(slots=True)
+class Head:
+    """A contact's latest accepted event: a new one that repeats it is a redelivery."""
+
+    seq: int
+    event_id: str
+    event_type: str
+    digest: int
+    received_at: float
+    payload: bytes | None = None  # read only when the digests match
+
+    def repeats(self, ev: NewEvent, digest: int, since: float, conn: sqlite3.Connection) -> bool:
+        if (self.digest, self.event_type) != (digest, ev.event_type) or self.received_at < since:
+            return False
+        if self.payload is None:
+            row = conn.execute("SELECT payload FROM events WHERE seq = ?", (self.seq,)).fetchone()
+            self.payload = row[0] if row else b""
+        return self.payload == ev.payload
+
+
+def _heads(conn: sqlite3.Connection, events: list[NewEvent]) -> dict[tuple[str, str], Head]:
+    """The latest stored event of each contact these events are about."""
+    found: dict[tuple[str, str], Head] = {}
+    for tenant in {ev.tenant for ev in events}:
+        ids = list({ev.contact_id for ev in events if ev.tenant == tenant})
+        for chunk in _chunks(ids):
+            sql = Q_HEADS.format(marks=",".join("?" * len(chunk)))
+            for contact_id, *head in conn.execute(sql, [tenant, *chunk]):
+                found[(tenant, contact_id)] = Head(*head)
     return found
 
 
@@ -692,15 +741,16 @@ def _claim(
             seqs,
         )
     }
-    links = dict(
-        conn.execute(
-            f"SELECT contact_id, remote_id FROM links WHERE target = ? AND contact_id IN ({marks})",
-            [target, *(row[0] for row in rows)],
+    states = {
+        row[0]: SyncState.from_row(*row[1:])
+        for row in conn.execute(
+            Q_STATES.format(marks=marks), [target, *(row[0] for row in rows)]
         ).fetchall()
-    )
+    }
     items = []
-    for contact_id, op, seq, attempts, count in sorted(rows, key=lambda r: r[2]):
+    for contact_id, op, seq, attempts, count, full in sorted(rows, key=lambda r: r[2]):
         event_id, event_type, payload = events[seq]
+        state = states.get(contact_id)
         items.append(
             ClaimedItem(
                 contact_id=contact_id,
@@ -709,9 +759,11 @@ def _claim(
                 event_id=event_id,
                 event_type=event_type,
                 payload=payload,
-                remote_id=links.get(contact_id),
+                remote_id=state.remote_id if state else None,
                 attempts=attempts,
                 events=count,
+                state=state,
+                full=bool(full),
             )
         )
     return items
@@ -734,13 +786,14 @@ def _complete(
         )
     drop: list[tuple[Any, ...]] = []
     keep_newer: list[tuple[Any, ...]] = []
-    link: list[tuple[Any, ...]] = []
-    unlink: list[tuple[Any, ...]] = []
+    states: list[tuple[Any, ...]] = []
+    seen: list[tuple[Any, ...]] = []
+    forget: list[tuple[Any, ...]] = []
     dead: list[tuple[Any, ...]] = []
     retry: list[tuple[Any, ...]] = []
     release: list[tuple[Any, ...]] = []
     attempts: list[tuple[Any, ...]] = []
-    delivered = 0
+    delivered = unchanged = 0
     for res in results:
         if res.contact_id not in held:
             continue
@@ -748,7 +801,7 @@ def _complete(
             res.contact_id
         ]
         key = (target, res.contact_id)
-        if res.kind in ("delivered", "dead"):
+        if res.kind in ("delivered", "unchanged", "dead"):
             if last_seq == claim_seq:
                 drop.append(key)
             else:  # events that arrived during the push stay queued
@@ -756,9 +809,16 @@ def _complete(
         if res.kind == "delivered":
             delivered += claim_events
             if op == "delete":
-                unlink.append(key)
-            elif res.remote_id is not None:
-                link.append((*key, res.remote_id, claim_seq, now))
+                forget.append(key)
+            else:
+                state = res.state or SyncState(remote_id=res.remote_id)
+                states.append(
+                    (*key, state.remote_id, claim_seq, now, state.digests_json(),
+                     state.company_id, state.company_remote_id)
+                )  # fmt: skip
+        elif res.kind == "unchanged":
+            unchanged += claim_events
+            seen.append((claim_seq, now, *key))
         elif res.kind == "dead":
             dead.append(
                 (*key, op, claim_seq, claim_events, tries + 1, first_error or res.error,
@@ -773,16 +833,18 @@ def _complete(
             release.append((res.due_at or now, *key, claim.token))
             continue
         attempts.append(
-            (*key, claim_seq, now, res.kind, res.error or res.note, res.remote_id, res.mapping)
-        )
+            (*key, claim_seq, now, res.kind, res.error or res.note, res.remote_id, res.mapping,
+             res.fields)
+        )  # fmt: skip
     for sql, rows in (
-        (Q_DROP_ROW, drop), (Q_KEEP_NEWER, keep_newer), (Q_LINK, link), (Q_UNLINK, unlink),
-        (Q_DEAD, dead), (Q_RETRY, retry), (Q_RELEASE, release), (Q_ATTEMPT, attempts),
+        (Q_DROP_ROW, drop), (Q_KEEP_NEWER, keep_newer), (Q_STATE, states), (Q_STATE_SEEN, seen),
+        (Q_FORGET, forget), (Q_DEAD, dead), (Q_RETRY, retry), (Q_RELEASE, release),
+        (Q_ATTEMPT, attempts),
     ):  # fmt: skip
         if rows:
             conn.executemany(sql, rows)
-    if delivered:
-        conn.execute(Q_COUNT_DELIVERED, (target, delivered))
+    if delivered or unchanged:
+        conn.execute(Q_COUNT_DELIVERED, (target, delivered, unchanged))
 
 
 def _status(conn: sqlite3.Connection) -> list[TargetStatus]:
@@ -792,7 +854,7 @@ def _status(conn: sqlite3.Connection) -> list[TargetStatus]:
     out = []
     for target in sorted(set(queued) | set(dead) | set(known)):
         contacts, pending, oldest = queued.get(target, (0, 0, None))
-        delivered, reason, until = known.get(target, (0, None, None))
+        delivered, reason, until, unchanged = known.get(target, (0, None, None, 0))
         out.append(
             TargetStatus(
                 target,
@@ -803,6 +865,7 @@ def _status(conn: sqlite3.Connection) -> list[TargetStatus]:
                 oldest,
                 reason,
                 until,
+                unchanged,
             )
         )
     return out
@@ -815,19 +878,30 @@ Q_DEAD_LETTERS = """
         d.events, d.attempts, d.first_error, d.error, d.first_failed_at, d.failed_at,
         d.replayed_at, {payload}
     FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq"""
+# The latest state of each of some contacts of one tenant: its last event that was not dropped.
 Q_LATEST_STATE = """
-    SELECT contact_id, MAX(seq) FROM events
-    WHERE tenant = ? AND dropped IS NULL AND contact_id IN ({marks}) GROUP BY contact_id"""
+    SELECT e.contact_id, e.seq, e.op FROM events e
+    WHERE e.seq IN (SELECT MAX(seq) FROM events WHERE tenant = ? AND dropped IS NULL
+                    AND contact_id IN ({marks}) GROUP BY contact_id)"""
+# Queued again as a full re-write; a contact already queued is only marked for one.
 Q_REQUEUE = """
-    INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at)
-    SELECT ?, ?, op, seq, ?, 1, ? FROM events WHERE seq = ?
+    INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at, full_write)
+    SELECT ?, ?, op, seq, ?, 1, ?, 1 FROM events WHERE seq = ?
     ON CONFLICT (target, contact_id) DO NOTHING"""
+Q_MARK_FULL = "UPDATE queue SET full_write = 1 WHERE target = ? AND contact_id = ?"
+# An event retention may delete: old, needed by no queued row and no dead letter, and not the
+# latest state of a live contact (kept, so that a forced re-write can map it again).
 Q_PRUNE_EVENTS = """
     DELETE FROM events WHERE seq IN (
         SELECT e.seq FROM events e WHERE e.received_at < ?
         AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.contact_id = e.contact_id
                         AND q.last_seq = e.seq)
         AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = e.seq AND d.replayed_at IS NULL)
+        AND (e.dropped IS NOT NULL OR e.op = 'delete'
+             OR EXISTS (SELECT 1 FROM events n WHERE n.tenant = e.tenant
+                        AND n.contact_id = e.contact_id AND n.seq > e.seq AND n.dropped IS NULL)
+             OR EXISTS (SELECT 1 FROM tombstones t WHERE t.tenant = e.tenant
+                        AND t.contact_id = e.contact_id))
         ORDER BY e.seq LIMIT ?)"""
 Q_PRUNE_ATTEMPTS = """
     DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? ORDER BY id LIMIT ?)"""
@@ -877,15 +951,14 @@ def _replay(
             ).fetchall()
         missing = set(wanted) - {row[0] for row in rows}
     # The latest state of each contact: newer events may have arrived since it went dead.
-    latest: dict[tuple[str, str], int] = {}
     by_tenant: dict[str, set[str]] = {}
     for _, target, contact_id in rows:
         by_tenant.setdefault(target.split("/", 1)[0], set()).add(contact_id)
-    for tenant, contacts in by_tenant.items():
-        for some in _chunks(sorted(contacts)):
-            sql = Q_LATEST_STATE.format(marks=",".join("?" * len(some)))
-            for contact_id, seq in conn.execute(sql, [tenant, *some]):
-                latest[(tenant, contact_id)] = seq
+    latest = {
+        (tenant, contact_id): seq
+        for tenant, contacts in by_tenant.items()
+        for contact_id, (seq, _) in _latest(conn, tenant, contacts).items()
+    }
     report = []
     for dead_id, target, contact_id in rows:
         seq = latest.get((target.split("/", 1)[0], contact_id))
@@ -894,13 +967,46 @@ def _replay(
         elif seq is None:
             action = "not found"  # its events were pruned: nothing to send
         else:
-            inserted = conn.execute(Q_REQUEUE, (target, contact_id, now, now, seq)).rowcount
-            action = "queued" if inserted else "already queued"
+            action = "queued" if _requeue(conn, target, contact_id, seq, now) else "already queued"
             conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (now, dead_id))
         report.append(Replayed(dead_id, target, contact_id, action))  # type: ignore[arg-type]
     if not all_of:
         report += [Replayed(i, "", "", "not found") for i in sorted(missing)]
     return report
+
+
+def _latest(
+    conn: sqlite3.Connection, tenant: str, contacts: Collection[str]
+) -> dict[str, tuple[int, str]]:
+    """contact -> (seq, op) of its latest state (not dropped), for those that have one."""
+    found: dict[str, tuple[int, str]] = {}
+    for some in _chunks(sorted(contacts)):
+        sql = Q_LATEST_STATE.format(marks=",".join("?" * len(some)))
+        for contact_id, seq, op in conn.execute(sql, [tenant, *some]):
+            found[contact_id] = (seq, op)
+    return found
+
+
+def _requeue(conn: sqlite3.Connection, target: str, contact_id: str, seq: int, now: float) -> bool:
+    """Queue a full re-write of a contact's state ``seq``; False if it was queued already (then
+    the queued write becomes a full one)."""
+    if conn.execute(Q_REQUEUE, (target, contact_id, now, now, seq)).rowcount:
+        return True
+    conn.execute(Q_MARK_FULL, (target, contact_id))
+    return False
+
+
+def _resync(
+    conn: sqlite3.Connection, target: str, contact_ids: Sequence[str] | None, now: float
+) -> int:
+    if contact_ids is None:
+        sql = "SELECT contact_id FROM sync_state WHERE target = ?"
+        contact_ids = [row[0] for row in conn.execute(sql, (target,))]
+    latest = _latest(conn, target.split("/", 1)[0], set(contact_ids))
+    for contact_id, (seq, op) in latest.items():
+        if op == "upsert":  # a deleted contact stays deleted
+            _requeue(conn, target, contact_id, seq, now)
+    return sum(1 for _, op in latest.values() if op == "upsert")
 
 
 def _purge(
@@ -945,7 +1051,7 @@ def _trace(conn: sqlite3.Connection, contact_id: str) -> Trace:
     attempts = [
         TraceAttempt(*row)
         for row in conn.execute(
-            "SELECT target, seq, at, outcome, detail, remote_id, mapping FROM attempts"
+            "SELECT target, seq, at, outcome, detail, remote_id, mapping, fields FROM attempts"
             " WHERE contact_id = ? ORDER BY id",
             (contact_id,),
         )
@@ -964,7 +1070,8 @@ def _trace(conn: sqlite3.Connection, contact_id: str) -> Trace:
     }
     remote_ids = dict(
         conn.execute(
-            "SELECT target, remote_id FROM links WHERE contact_id = ? AND remote_id IS NOT NULL",
+            "SELECT target, remote_id FROM sync_state"
+            " WHERE contact_id = ? AND remote_id IS NOT NULL",
             (contact_id,),
         ).fetchall()
     )
@@ -979,7 +1086,7 @@ def _prune_slice(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[i
 
 # Operations that scan whole tables: run in a thread, so the event loop keeps serving meanwhile.
 HEAVY: frozenset[Callable[..., Any]] = frozenset(
-    {_status, _dead_letters, _replay, _purge, _trace, _prune_slice}
+    {_status, _dead_letters, _replay, _resync, _purge, _trace, _prune_slice}
 )
 
 
