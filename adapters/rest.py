@@ -8,10 +8,19 @@
 * The remote id read from an answer (``id_from_response``, JMESPath) is remembered by the worker
   and comes back as ``Record.remote_id``. ``update`` without a known id follows ``lookup`` then
   ``create``; an ``update`` answered 404/410 creates the contact again.
+* Writes are diffs: ``update`` sends what changed since the last confirmed write (``update.send:
+  all`` sends the whole record); ``create``, ``upsert`` and ``batch`` send the whole record. A field
+  the connector wrote before and whose mapped value is now missing is cleared: sent as ``null``,
+  or left out (``cleared_fields``). A field it never wrote is never sent.
 * Every write carries an ``Idempotency-Key`` (the event id, stable across retries). Answers are
   classified by the target's ``success`` / ``retry_on`` / ``dead_on`` / ``pause_on`` lists;
   timeouts, connection errors and retryable statuses without ``Retry-After`` are retried briefly
   within the call (tenacity), then the record waits (``Retry``), honouring ``Retry-After``.
+* One write at a time: requests are asynchronous and cancellable (a push cut by the worker's
+  ``push_timeout`` leaves nothing running), each has a total deadline (``call_timeout``: a server
+  trickling its answer cannot hold a call forever), and a write that went out without an answer
+  is reported ``maybe_written``, so the contact's next write waits for it. A write is not sent
+  once the push's claim may have passed to another replica (``check_claim``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import quote
@@ -52,7 +61,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from connector.errors import TargetPaused
+from connector.errors import RetryableError, TargetPaused
 from connector.observability import get_logger
 from connector.ratelimit import RateLimiter
 from connector.targets import (
@@ -65,6 +74,7 @@ from connector.targets import (
     Retry,
     TargetContext,
     TargetSettings,
+    check_claim,
 )
 
 log = get_logger("adapters.rest")
@@ -201,18 +211,20 @@ def _body_names(node: Any) -> Iterator[str]:
 
 @dataclass(frozen=True, slots=True)
 class Values:
-    """What placeholders read: the tenant, and the record (absent for a batch's own URL)."""
+    """What placeholders read: the tenant, and the record (absent for a batch's own URL) with the
+    fields this request sends (``fields``; the whole mapped record when None)."""
 
     tenant: str
     record: Record | None = None
     remote_id: str | None = None
+    fields: Mapping[str, Any] | None = None
 
     def get(self, name: str, *, url: bool = True) -> Any:
         """The value, or Missing. A mapped field set to null or "" is a value in a body (it
         clears the attribute), never in a URL."""
         is_field = name.startswith("fields.")
         if is_field:
-            fields = self.record.fields if self.record else {}
+            fields = self.sent
             value = fields.get(name.removeprefix("fields."), _SKIP)
         elif name == "tenant":
             value = self.tenant
@@ -225,9 +237,15 @@ class Values:
             raise Missing(name)
         return value
 
+    @property
+    def sent(self) -> Mapping[str, Any]:
+        if self.fields is not None:
+            return self.fields
+        return self.record.fields if self.record else {}
+
     def whole(self, what: str) -> Any:
         assert self.record is not None
-        return dict(self.record.fields) if what == "record" else self.record.payload
+        return dict(self.sent) if what == "record" else self.record.payload
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -318,6 +336,9 @@ class Request(Endpoint):
 class UpdateRequest(Request):
     method: Method = "PATCH"
     create_if_missing: bool = Field(default=True, description="404/410: create the contact")
+    send: Literal["changes", "all"] = Field(
+        default="changes", description="what changed (and the cleared fields), or everything"
+    )
 
 
 class UpsertRequest(Request):
@@ -402,6 +423,10 @@ class RestSettings(TargetSettings):
     headers: dict[str, SecretStr] = Field(default={}, description="sent with every request")
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
+    call_timeout: float = Field(default=60.0, gt=0, description="total bound on one request")
+    cleared_fields: Literal["send_null", "leave_out"] = Field(
+        default="send_null", description="how a field emptied in Mimeeq is cleared"
+    )
     verify: bool = Field(default=True, description="check the server's TLS certificate")
     ca_bundle: ConfigPath | None = Field(default=None, description="PEM file of trusted CAs")
     max_connections: int = Field(default=8, ge=1, le=100, description="requests in flight")
@@ -525,7 +550,12 @@ class _Failed(Exception):
 
 
 class _Transient(Exception):
-    """Worth another try within the same push."""
+    """Worth another try within the same push. ``maybe_written``: the request went out and no
+    answer came back, so the CRM may still act on it."""
+
+    def __init__(self, message: str, maybe_written: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written
 
 
 def retry_after(value: str | None) -> float | None:
@@ -644,10 +674,13 @@ class RestAdapter(Adapter):
                 results[i] = outcome
 
         size = batch.max_size if batch else 1
-        await asyncio.gather(
-            *(single(i) for i in sorted(singles)),
-            *(many(batched[k : k + size]) for k in range(0, len(batched), size)),
-        )
+        # A task group: when one fails (or the push is cancelled), the others are cancelled and
+        # waited for, so that no request of this push is still running when it ends.
+        async with asyncio.TaskGroup() as group:
+            for i in sorted(singles):
+                group.create_task(single(i))
+            for k in range(0, len(batched), size):
+                group.create_task(many(batched[k : k + size]))
         done = [r for r in results if r is not None]
         pauses = [r for r in done if isinstance(r, _Pause)]
         if pauses and not any(isinstance(r, Delivered) for r in done):
@@ -745,7 +778,8 @@ class RestAdapter(Adapter):
         gone_ok: bool = False,
         key_suffix: str = "",
     ) -> httpx.Response:
-        values = Values(self.context.tenant, record, remote_id)
+        partial = isinstance(request, UpdateRequest) and request.send == "changes"
+        values = Values(self.context.tenant, record, remote_id, self._sent(record, partial))
         try:
             built = self._build(request, values, record.event_id + key_suffix)
         except Missing as exc:
@@ -754,6 +788,13 @@ class RestAdapter(Adapter):
             )
             raise _Failed(Dead(reason)) from None
         return await self._send(name, built, gone_ok=gone_ok)
+
+    def _sent(self, record: Record, partial: bool) -> dict[str, Any]:
+        """The fields a write sends: what changed, or everything; and the cleared ones."""
+        fields = record.changes if partial else dict(record.fields)
+        if self.settings.cleared_fields == "send_null":
+            fields.update(dict.fromkeys(record.cleared))
+        return fields
 
     def _build(self, endpoint: Endpoint, values: Values, key: str | None) -> httpx.Request:
         body = render_body(endpoint._body, values) if isinstance(endpoint, Request) else None
@@ -784,7 +825,10 @@ class RestAdapter(Adapter):
         batch = self.settings.batch
         assert batch is not None
         tenant = self.context.tenant
-        items = [render_body(batch._item, Values(tenant, r, r.remote_id)) for r in records]
+        items = [
+            render_body(batch._item, Values(tenant, r, r.remote_id, self._sent(r, partial=False)))
+            for r in records
+        ]
         # Stable across retries of the same batch; single requests use the event id itself.
         key = hashlib.sha256("\n".join(r.event_id for r in records).encode()).hexdigest()[:32]
         body = {batch.key: items} if batch.key else items
@@ -837,7 +881,7 @@ class RestAdapter(Adapter):
         try:
             answer = await self._attempts(request, allow)
         except _Transient as exc:
-            raise _Failed(Retry(f"{name}: {exc}")) from None
+            raise _Failed(Retry(f"{name}: {exc}", maybe_written=exc.maybe_written)) from None
         status = answer.status_code
         kind = s.status_kind(status)
         if status in allow or kind == "success":
@@ -854,14 +898,22 @@ class RestAdapter(Adapter):
         raise _Failed(Dead(reason))
 
     async def _attempts(self, request: httpx.Request, allow: Collection[int]) -> httpx.Response:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.settings.call_attempts),
-            wait=self.call_wait,
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        ):
-            with attempt:
-                return await self._exchange(request, allow)
+        maybe_written = False  # by any attempt: a later refused connection does not undo it
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.settings.call_attempts),
+                wait=self.call_wait,
+                retry=retry_if_exception_type(_Transient),
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        return await self._exchange(request, allow)
+                    except _Transient as exc:
+                        maybe_written |= exc.maybe_written
+                        raise
+        except _Transient as exc:
+            raise _Transient(str(exc), maybe_written) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exchange(self, request: httpx.Request, allow: Collection[int]) -> httpx.Response:
@@ -869,12 +921,25 @@ class RestAdapter(Adapter):
         async with self._slots:
             if self._limiter is not None:
                 report.rate_wait(await self._limiter.acquire())
+            if request.method != "GET":
+                try:
+                    check_claim()
+                except RetryableError as exc:
+                    raise _Failed(Retry(str(exc))) from None
             started = time.monotonic()
             try:
-                answer = await self.client.send(request)
+                async with asyncio.timeout(self.settings.call_timeout):
+                    answer = await self.client.send(request)
+            except TimeoutError:
+                report.request("error", time.monotonic() - started)
+                limit = self.settings.call_timeout
+                raise _Transient(f"no answer within call_timeout ({limit:g} s)", True) from None
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 report.request("error", time.monotonic() - started)
-                raise _Transient(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+                # Refused, or no connection in time: nothing went out. Anything else may have.
+                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
+                                      | httpx.PoolTimeout)  # fmt: skip
+                raise _Transient(f"{type(exc).__name__}: {exc}".rstrip(": "), sent) from None
         status = answer.status_code
         report.request(status, time.monotonic() - started)
         # Try again at once unless the target said when (Retry-After) or to slow down (429).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email.utils
 import json
 import re
@@ -17,6 +18,7 @@ import pytest
 import respx
 import structlog
 import yaml
+from aiohttp import web
 from pydantic import ValidationError
 from tenacity import wait_none
 
@@ -25,7 +27,15 @@ from adapters.rest import RestAdapter, RestSettings
 from connector.config import load_config
 from connector.errors import ConfigError, TargetPaused
 from connector.mapping import load_mapping
-from connector.targets import Dead, Delivered, Record, Retry, TargetContext, adapter_class
+from connector.targets import (
+    CLAIM_DEADLINE,
+    Dead,
+    Delivered,
+    Record,
+    Retry,
+    TargetContext,
+    adapter_class,
+)
 from tests.conftest import ROOT, contact, write_config
 
 BASE = "https://crm.test/api/v1"
@@ -618,7 +628,10 @@ async def test_timeouts_and_connection_errors_retry(
     assert await adapter.push([record(adapter, 1)]) == [Delivered("1")]
     route.mock(side_effect=error)
     outcomes = await adapter.push([record(adapter, 2)])
-    assert outcomes == [Retry(f"create: {type(error).__name__}: {error}")]
+    # A refused connection sent nothing; after a timeout or a broken answer the CRM may have
+    # done the work: the contact's next write must wait for it.
+    sent_out = not isinstance(error, httpx.ConnectError)
+    assert outcomes == [Retry(f"create: {type(error).__name__}: {error}", maybe_written=sent_out)]
     assert route.call_count == 4
 
 
@@ -724,3 +737,128 @@ def test_the_documented_examples_are_valid(tmp_path: Path, monkeypatch) -> None:
         target["mapping"] = str(ROOT / target["mapping"])
         (loaded,) = load_config(write_config(tmp_path, {"crm": target})).targets
         assert isinstance(loaded.settings, RestSettings)
+
+
+# --- the target as a mirror: diffs, clearing, one write at a time -------------------------------
+
+
+def diffed(adapter: RestAdapter, n: int, remote_id: str | None, **changes: Any) -> Record:
+    """A record as the worker plans it: only last_name changed, phone emptied since written."""
+    base = record(adapter, n, remote_id=remote_id, **changes)
+    unchanged = frozenset(base.fields) - {"last_name"}
+    return dataclasses.replace(base, unchanged=unchanged, cleared=("phone",))
+
+
+@pytest.mark.parametrize(("cleared", "phone"), [("send_null", [None]), ("leave_out", [])])
+async def test_an_update_sends_what_changed_and_clears_what_was_emptied(
+    crm: respx.MockRouter, make_adapter, cleared: str, phone: list[Any]
+) -> None:
+    route = crm.patch("/contacts/crm-1").mock(return_value=httpx.Response(200, json={}))
+    adapter = await make_adapter(cleared_fields=cleared)
+    rec = diffed(adapter, 1, "crm-1", lastName="Changed", phoneNumbers=[])
+    assert await adapter.push([rec]) == [Delivered("crm-1")]
+    attributes = body(sent(route))["data"]["attributes"]
+    assert attributes.pop("last_name") == "Changed"
+    assert [attributes.pop(name) for name in list(attributes) if name == "phone"] == phone
+    assert attributes == {}  # nothing else: unchanged fields are not sent again
+
+
+async def test_creates_and_whole_updates_send_the_whole_record(
+    crm: respx.MockRouter, make_adapter
+) -> None:
+    update = {**CRUD["update"], "send": "all"}
+    patched = crm.patch("/contacts/crm-1").mock(return_value=httpx.Response(404))
+    posted = crm.post("/contacts").mock(return_value=created("crm-2"))
+    adapter = await make_adapter({**CRUD, "update": update, "lookup": LOOKUP})
+    rec = diffed(adapter, 1, "crm-1", phoneNumbers=[])
+    whole = {**rec.fields, "phone": None}
+    assert await adapter.push([rec]) == [Delivered("crm-2", "update answered HTTP 404: created it")]
+    assert body(sent(patched))["data"]["attributes"] == whole
+    assert body(sent(posted))["data"]["attributes"] == whole  # gone: created whole again
+
+
+async def test_a_field_never_written_is_never_sent(crm: respx.MockRouter, make_adapter) -> None:
+    route = crm.patch("/contacts/crm-1").mock(return_value=httpx.Response(200, json={}))
+    adapter = await make_adapter()
+    rec = dataclasses.replace(record(adapter, 1, remote_id="crm-1", phoneNumbers=[]),
+                              unchanged=frozenset({"email"}))  # fmt: skip
+    await adapter.push([rec])
+    assert "phone" not in body(sent(route))["data"]["attributes"]
+
+
+async def test_a_trickling_answer_is_cut_at_the_call_timeout(make_adapter) -> None:
+    """A CRM that sends its answer a byte at a time never trips httpx's read timeout (it is per
+    read): the call's total deadline cuts it, and the write may still land."""
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=201)
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/v1/contacts", trickle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1"
+        adapter = await make_adapter(base_url=url, call_timeout=0.5, read_timeout=0.3,
+                                     call_attempts=1)  # fmt: skip
+        started = time.monotonic()
+        (outcome,) = await adapter.push([record(adapter, 1)])
+        assert time.monotonic() - started < 5
+        assert isinstance(outcome, Retry) and outcome.maybe_written
+        assert "call_timeout" in outcome.reason
+    finally:
+        await runner.cleanup()
+
+
+async def test_no_write_once_the_claim_ran_out(crm: respx.MockRouter, make_adapter) -> None:
+    route = crm.post("/contacts").mock(return_value=created("1"))
+    adapter = await make_adapter()
+    token = CLAIM_DEADLINE.set(time.time() - 1)  # another replica may own the contact now
+    try:
+        (outcome,) = await adapter.push([record(adapter, 1)])
+    finally:
+        CLAIM_DEADLINE.reset(token)
+    assert isinstance(outcome, Retry) and "claim" in outcome.reason
+    assert route.call_count == 0
+
+
+async def test_a_cancelled_push_leaves_no_request_running(make_adapter) -> None:
+    started, finished = asyncio.Event(), asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def hang(request: web.Request) -> web.Response:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        finally:
+            finished.set()
+        return web.json_response({"data": {"id": "1"}}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/contacts", hang)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1"
+        adapter = await make_adapter(base_url=url)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):
+                await adapter.push([record(adapter, 1)])
+        # The connection was closed with the push: the server saw its client go.
+        async with asyncio.timeout(5):
+            await finished.wait()
+        assert cancelled == [True] and started.is_set()
+    finally:
+        await runner.cleanup()
