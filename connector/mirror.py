@@ -14,8 +14,8 @@ push the worker plans the write against it:
 
 A forced full re-write (``resync``, ``dlq replay``) writes every field, and still clears. A state
 that was never recorded (a first write, or a store upgraded from a release without sync state)
-means a full write too. Digests rather than values: the store then holds no copy of the personal
-data beyond the events' retention.
+means a full write too. Digests rather than values: the sync state outlives the events' retention,
+and holds no copy of the personal data.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from connector.targets import Record
 def digest(value: Any) -> str:
     """A short digest of one mapped value (its canonical JSON)."""
     data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return hashlib.blake2b(data, digest_size=8, person=b"mimeeq-field").hexdigest()
+    return hashlib.blake2b(data, digest_size=8).digest().hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,19 +72,25 @@ def plan(
 
 
 def report(record: Record) -> str:
-    """For ``trace``: the properties a write sent (values masked like the logs), the cleared ones
-    and those skipped as unchanged, as JSON."""
-    written = {name: _masked(value) for name, value in record.changes.items()}
+    """For ``trace``: the properties a write sent, the cleared ones and those skipped as
+    unchanged, as JSON. Kept with the attempt for ``retention_days``, like the event it comes
+    from; ``trace`` masks the values as the logs do when it shows them."""
     return orjson.dumps(
-        {"written": written, "cleared": list(record.cleared), "unchanged": sorted(record.unchanged)}
+        {
+            "written": record.changes,
+            "cleared": record.cleared,
+            "unchanged": sorted(record.unchanged),
+        },
+        option=orjson.OPT_NON_STR_KEYS,
     ).decode()
 
 
-def _masked(value: Any) -> Any:
+def masked(value: Any) -> Any:
+    """A written value as ``trace`` shows it: e-mail addresses and phone numbers masked."""
     if isinstance(value, str):
         return mask(value)
     if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
+        return [masked(v) for v in value]
     if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
+        return {k: masked(v) for k, v in value.items()}
     return value

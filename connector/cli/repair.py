@@ -27,6 +27,7 @@ from connector.cli.base import (
     when,
 )
 from connector.config import Config
+from connector.mirror import masked
 from connector.store.base import DeadLetter, NewEvent, Replayed, Trace
 
 tenant_option = click.option("--tenant", default=None, help="Only this tenant's targets.")
@@ -282,7 +283,7 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
         source = f"event {event_ids.get(a.seq, a.seq)}, mapping {a.mapping or '-'}"
         click.echo(f"  {when(a.at)}  {a.target}  {a.outcome}{detail}{crm}  ({source})")
         if a.fields and a.outcome in ("delivered", "unchanged"):
-            click.echo(_fields_line(orjson.loads(a.fields)))
+            click.echo(_fields_line(_fields(a.fields) or {}))
     for key, (op, tries, due, error) in found.pending.items():
         failed = f", {tries} failed attempt(s), last error: {error}" if tries else ""
         click.echo(f"pending: {key} {op}, next try {when(due)}{failed}")
@@ -292,6 +293,15 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
                    f" ({state})")  # fmt: skip
     for key, remote in found.remote_ids.items():
         click.echo(f"CRM id: {key} {remote}")
+
+
+def _fields(text: str | None) -> dict[str, Any] | None:
+    """An attempt's fields, the values written masked like the logs."""
+    if not text:
+        return None
+    fields: dict[str, Any] = orjson.loads(text)
+    fields["written"] = {k: masked(v) for k, v in (fields.get("written") or {}).items()}
+    return fields
 
 
 def _fields_line(fields: dict[str, Any]) -> str:
@@ -320,10 +330,7 @@ def _trace_dict(found: Trace) -> dict[str, Any]:
             asdict(e) | {"payload": orjson.loads(e.payload) if e.payload else None}
             for e in found.events
         ],
-        "attempts": [
-            asdict(a) | {"fields": orjson.loads(a.fields) if a.fields else None}
-            for a in found.attempts
-        ],
+        "attempts": [asdict(a) | {"fields": _fields(a.fields)} for a in found.attempts],
         "dead_letters": [_letter_dict(d) for d in found.dead_letters],
         "pending": {
             key: {"op": op, "failed_attempts": tries, "due_at": due, "last_error": error}
