@@ -69,8 +69,22 @@ def _text(value: Any) -> str:
 
 
 def _safe(cell: str) -> str:
-    """Neutralise a would-be formula. Idempotent: a cell starting with ``'`` is left alone."""
+    """Neutralise a would-be formula in a cell read back from the file (a hand edit).
+    Idempotent: a cell starting with ``'`` is left alone."""
     return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+
+
+def _escaped(text: str) -> str:
+    """A value as its cell: a would-be formula gets a ``'`` in front, and so does text that
+    would read as one escaped (``'=X`` becomes ``''=X``), so that no two texts share a cell
+    and a key column keeps one row per contact. Other text starting with ``'`` is left as it
+    is, as before: files written by earlier versions read the same."""
+    return "'" + text if text.lstrip("'").startswith(_FORMULA_STARTS) else text
+
+
+def _unescaped(cell: str) -> str:
+    """The text a cell holds: the inverse of ``_escaped``."""
+    return cell[1:] if cell.startswith("'") and _escaped(cell[1:]) == cell else cell
 
 
 class CsvAdapter(Adapter):
@@ -122,7 +136,7 @@ class CsvAdapter(Adapter):
         outcomes: list[Outcome] = []
         # Apply to memory without awaiting, so each push's changes land atomically.
         for record in records:
-            key = _safe(record.contact_id)
+            key = _escaped(record.contact_id)
             if not key:  # a row without a key would make the file unreadable at the next open
                 outcomes.append(Dead("empty contact id"))
             elif record.op == "delete":
@@ -130,7 +144,8 @@ class CsvAdapter(Adapter):
                 outcomes.append(Delivered() if known else Delivered(note="not in file"))
             else:
                 fields = record.fields
-                self._rows[key] = [key, *(_safe(_text(fields.get(c))) for c in self._value_columns)]
+                cells = (_escaped(_text(fields.get(c))) for c in self._value_columns)
+                self._rows[key] = [key, *cells]
                 outcomes.append(Delivered())
         error = await self._flush()
         if error is not None:
@@ -217,6 +232,7 @@ class CsvAdapter(Adapter):
             raise ConfigError(f"{path}: header has no {key!r} column or repeats one: not ours?")
         # The mapping may have changed: keep the columns that still exist, in the new order.
         where = [header.index(c) if c in header else None for c in self.columns]
+        key_at = header.index(key)
         rows: dict[str, list[str]] = {}
         for cells in reader:
             if not any(cells):
@@ -226,6 +242,9 @@ class CsvAdapter(Adapter):
             cells += [""] * (len(header) - len(cells))
             # _safe again: a hand-edited cell may hold a formula; idempotent for our own cells.
             row = [_safe(cells[i]) if i is not None else "" for i in where]
+            # The key as this version writes it: the same contact finds its row whichever
+            # version wrote the file, and a hand-typed formula key is neutralised.
+            row[0] = _escaped(_unescaped(cells[key_at]))
             if not row[0]:
                 raise ConfigError(f"{path}: line {reader.line_num} has an empty {key!r}")
             rows[row[0]] = row

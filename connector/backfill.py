@@ -7,6 +7,10 @@ nothing new: identical events are recognised as duplicates.
 
 The export's column headers are matched loosely (case, spaces and punctuation ignored) against
 the names below; a tenant's ``import.columns`` names the header of any field that differs.
+
+Whatever the file holds, reading it yields rows, never an exception: a row that cannot be used
+(its line number and why), including what breaks the file itself (bytes that are not UTF-8, a
+quote never closed, a cell or line too long, for which the rest of the file may go unread).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +46,9 @@ DEFAULT_HEADERS: dict[str, tuple[str, ...]] = {
     "tags": ("tags", "tag"),
 }
 LISTS = re.compile(r"\s*[;,|]\s*")  # how several e-mails, numbers or tags share one cell
+LINE_LIMIT = 1 << 20  # characters in one line of a CSV file: more is not an export of contacts
+# Bytes that are not UTF-8, as the surrogateescape error handler decodes them.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 class ImportSettings(BaseModel):
@@ -65,24 +72,150 @@ def _normal(header: str) -> str:
     return re.sub(r"[^a-z0-9]", "", header.lower())
 
 
-def read_rows(path: Path, customer_id: str, settings: ImportSettings) -> Iterator[Row]:
-    """Rows of a ``.csv`` export or a JSON-lines file (``.jsonl``, ``.ndjson``, ``.json``)."""
+def read_rows(
+    path: Path, customer_id: str, settings: ImportSettings, *, max_line_bytes: int = 1 << 20
+) -> Iterator[Row]:
+    """Rows of a ``.csv`` export or a JSON-lines file (``.jsonl``, ``.ndjson``, ``.json``).
+
+    ``max_line_bytes``: a JSON line longer than this is refused, as a webhook body would be.
+    """
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        yield from _json_lines(path, customer_id)
+        yield from _json_lines(path, customer_id, max_line_bytes)
     else:
         yield from _csv_rows(path, customer_id, settings)
 
 
+class _Lines:
+    """A CSV file's lines as the csv reader takes them, counted, and those of the record being
+    read kept (to find where a quote was left open). A line longer than LINE_LIMIT ends the
+    input (``too_long`` says where): never more than that is held in memory."""
+
+    def __init__(self, f: TextIO) -> None:
+        self._f = f
+        self.number = 0  # lines handed out so far
+        self.record: list[str] = []
+        self.undecodable: tuple[int, str] | None = None  # the record's first line not UTF-8
+        self.too_long: int | None = None
+
+    def next_record(self) -> None:
+        self.record = []
+        self.undecodable = None
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.too_long is not None:
+            raise StopIteration
+        line = self._f.readline(LINE_LIMIT + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if len(line) > LINE_LIMIT and not line.endswith(("\n", "\r")):
+            self.too_long = self.number
+            raise StopIteration
+        if self.undecodable is None and (bad := _UNDECODABLE.search(line)) is not None:
+            byte = ord(bad.group()) - 0xDC00
+            where = f"byte 0x{byte:02X} at character {bad.start() + 1}"
+            self.undecodable = (self.number, f"not UTF-8 text ({where}): save the file as UTF-8")
+        self.record.append(line)
+        return line
+
+
 def _csv_rows(path: Path, customer_id: str, settings: ImportSettings) -> Iterator[Row]:
-    with path.open(encoding="utf-8-sig", newline="") as f:  # exports often carry a BOM
-        reader = csv.DictReader(f, delimiter=settings.delimiter)
-        columns = _columns(list(reader.fieldnames or []), settings)
-        if "id" not in columns:
-            yield Row(1, None, "no contact id column (set import.columns.id to its header)")
-            return
-        for cells in reader:
-            payload = _payload(cells, columns, customer_id)
-            yield _validated(reader.line_num, payload)
+    # utf-8-sig: exports often carry a BOM; surrogateescape: bytes that are not UTF-8 are found
+    # and named (by line) instead of ending the read with an exception.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        lines = _Lines(f)
+        # strict: a quote left open at the end of the file is an error, not one giant cell.
+        reader = csv.reader(lines, delimiter=settings.delimiter, strict=True)
+        header: list[str] | None = None
+        columns: dict[str, str] = {}
+        while True:
+            start = lines.number + 1
+            lines.next_record()
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                if lines.too_long is not None:
+                    break
+                line, problem, read_on = _csv_error(str(exc), start, lines, settings.delimiter)
+                yield Row(line, None, problem)
+                if read_on and header is not None:  # without a header, no row can be read
+                    continue
+                return
+            if lines.undecodable is not None:
+                line, problem = lines.undecodable
+                yield Row(line, None, problem)
+                if header is None:
+                    return
+                continue
+            if not cells:
+                continue  # a blank line
+            if header is None:
+                header = cells
+                columns = _columns(header, settings)
+                if "id" not in columns:
+                    yield Row(
+                        start, None, "no contact id column (set import.columns.id to its header)"
+                    )
+                    return
+                continue
+            if any(extra.strip() for extra in cells[len(header) :]):  # empty ones are harmless
+                hint = " (a quote not closed?)" if lines.number > start else ""
+                problem = f"{len(cells)} cells, but the header has {len(header)}{hint}"
+                yield Row(start, None, problem)
+                continue
+            payload = _payload(dict(zip(header, cells, strict=False)), columns, customer_id)
+            yield _validated(start, payload)
+        if lines.too_long is not None:
+            problem = f"longer than {LINE_LIMIT:,} characters: the rest of the file was not read"
+            yield Row(lines.too_long, None, problem)
+        elif header is None:
+            yield Row(1, None, "no header line: the file is empty")
+
+
+def _csv_error(error: str, start: int, lines: _Lines, delimiter: str) -> tuple[int, str, bool]:
+    """What a csv.Error means for the user: the line at fault, the problem, and whether the
+    lines after it can still be read as rows (not when a quote swallowed them)."""
+    opened = _open_quote(lines.record, start, delimiter)
+    if error.startswith("unexpected end of data") and opened is not None:
+        problem = (
+            "a quote opened on this line is never closed: every line after it would be one cell"
+        )
+        return opened, problem, False
+    if error.startswith("field larger than field limit"):
+        limit = f"{csv.field_size_limit():,} characters"
+        if opened is not None and lines.number > opened:
+            problem = (
+                f"a quote opened on this line is not closed by line {lines.number}, where the "
+                f"cell passes {limit}: the rest of the file was not read"
+            )
+            return opened, problem, False
+        return start, f"a cell longer than {limit}", True
+    return lines.number, f"malformed CSV: {error}", True
+
+
+def _open_quote(record: list[str], first: int, delimiter: str) -> int | None:
+    """The line (``record`` starts at line ``first``) of the quote still open at its end."""
+    quoted, at_start, opened = False, True, None
+    for number, text in enumerate(record, start=first):
+        i = 0
+        while i < len(text):
+            char = text[i]
+            if quoted:
+                if char == '"':
+                    if text[i + 1 : i + 2] == '"':
+                        i += 1  # an escaped quote
+                    else:
+                        quoted = False
+            elif char == '"' and at_start:  # a quote only opens a cell at its start
+                quoted, opened = True, number
+            at_start = not quoted and char in (delimiter, "\n", "\r")
+            i += 1
+    return opened if quoted else None
 
 
 def _columns(headers: list[str], settings: ImportSettings) -> dict[str, str]:
@@ -131,9 +264,22 @@ def _payload(cells: dict[str, str], columns: dict[str, str], customer_id: str) -
     return {k: v for k, v in payload.items() if v is not None}
 
 
-def _json_lines(path: Path, customer_id: str) -> Iterator[Row]:
+def _json_lines(path: Path, customer_id: str, max_bytes: int) -> Iterator[Row]:
+    # Imported here: the receiver's module imports the config, which imports this one.
+    from connector.receiver import body_problem
+
     with path.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
+        line = 0
+        while raw := f.readline(max_bytes + 1):  # a line too long is never all in memory
+            line += 1
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                while (rest := f.readline(max_bytes)) and not rest.endswith(b"\n"):
+                    pass
+                problem = f"longer than {max_bytes:,} bytes (server.max_body_bytes)"
+                yield Row(line, None, problem)
+                continue
+            if line == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a BOM an editor may have added
             if not raw.strip():
                 continue
             try:
@@ -143,6 +289,10 @@ def _json_lines(path: Path, customer_id: str) -> Iterator[Row]:
                 continue
             if not isinstance(payload, dict):
                 yield Row(line, None, "not a JSON object")
+                continue
+            # Refused as a webhook would be: duplicate keys (ambiguous), nesting too deep.
+            if (refused := body_problem(raw, payload)) is not None:
+                yield Row(line, None, refused)
                 continue
             payload.setdefault("customerId", customer_id)
             if payload["customerId"] != customer_id:

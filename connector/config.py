@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -64,6 +65,9 @@ class StoreSettings(BaseModel):
     migrate_on_start: bool = Field(
         default=True, description="apply schema migrations at start (else: `migrate` command)"
     )
+    max_size_mb: float | None = Field(
+        default=None, gt=0, description="SQLite: the database file's size cap; then 503s"
+    )
 
     @field_validator("url")
     @classmethod
@@ -79,6 +83,14 @@ class StoreSettings(BaseModel):
                 "postgresql://user@host:5432/database"
             )
         return url
+
+    @field_validator("max_size_mb")
+    @classmethod
+    def _sqlite_only(cls, size: float | None, info: ValidationInfo) -> float | None:
+        url = info.data.get("url")  # None: the URL itself is invalid, and said so
+        if size is not None and url is not None and not url.startswith("sqlite:"):
+            raise ValueError("applies to a SQLite store only (PostgreSQL has its own quotas)")
+        return size
 
 
 def _long_enough(token: SecretStr) -> SecretStr:

@@ -13,6 +13,11 @@ I/O cancellably (no thread carries on). A write that went out without an answer 
 though: its contact's next write waits at least ``push_timeout`` more (the retry's due time, kept
 in the store, so every replica abides by it). A push whose claim may have passed to another replica
 (the process was stopped, the lease ran out) sends nothing more (``targets.check_claim``).
+
+Leases are short and renewed while a push runs (a heartbeat every ``RENEW_EVERY`` seconds), so
+the contacts of a replica that died come back within ``LEASE`` seconds, whatever ``push_timeout``
+says. A write stops ``LEASE_MARGIN`` seconds before the lease would run out unrenewed: replicas'
+clocks may disagree by that much.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from connector.metrics import Metrics
 from connector.observability import get_logger
 from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
 from connector.targets import (
-    CLAIM_DEADLINE,
+    CLAIM_HOLD,
     Adapter,
+    ClaimHold,
     CompanyLink,
     Dead,
     Delivered,
@@ -47,9 +53,13 @@ from connector.targets import (
 
 log = get_logger("connector.delivery")
 
-LEASE_FACTOR, LEASE_MARGIN = 1.5, 5.0  # a claim outlives its push (bounded by push_timeout)
+LEASE = 10.0  # seconds a claim holds unless renewed: a dead replica's contacts wait this long
+RENEW_EVERY = 2.0  # seconds between two renewals of the claims being pushed
+LEASE_MARGIN = 4.0  # no write later than this before an unrenewed lease runs out
+RECORD_RETRY_MAX = 5.0  # longest wait between two tries to record a push's outcomes
 IDLE_POLL = 5.0  # longest sleep with nothing due; new events wake the worker at once
 PROBE_INTERVAL = 60.0  # how often a paused target is tried again when it gave no time
+TROUBLE_LOGGED_EVERY = 60.0  # seconds between two log lines about the same error
 STATE_POLL = 2.0  # how often the store is asked whether an operator paused or resumed the target
 
 
@@ -80,8 +90,6 @@ class TargetWorker:
         self.batch_size = min(settings.batch_size or adapter.max_batch_size, adapter.max_batch_size)
         self.concurrency = settings.concurrency or adapter.default_concurrency
         self.linger = settings.linger if settings.linger is not None else adapter.default_linger
-        # Held while pushing: if this process dies, another replica takes over after it.
-        self.lease = settings.push_timeout * LEASE_FACTOR + LEASE_MARGIN
         self.wake = asyncio.Event()
         # Events announced and not claimed yet, oldest first, with when each group came: is a
         # batch full yet, and how long has its oldest event waited?
@@ -96,6 +104,7 @@ class TargetWorker:
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
         self._log = log.bind(tenant=target.tenant, target=target.name)
+        self._troubles: dict[str, float] = {}  # when each kind of error was last logged
 
     @property
     def running(self) -> bool:
@@ -141,36 +150,77 @@ class TargetWorker:
                 async with self._claiming:
                     claimed = await self._next_claim()
                 if claimed is not None:
-                    claim, held_until = claimed
+                    claim, hold = claimed
                     self._inflight[claim.token] = claim
-                    results = await self.deliver(claim, held_until)
-                    await self.store.complete(claim, results)
+                    heartbeat = asyncio.create_task(self._renew(claim, hold))
+                    try:
+                        results = await self.deliver(claim, hold)
+                        await self._record_outcomes(claim, results)
+                    finally:
+                        heartbeat.cancel()
                     del self._inflight[claim.token]
                     # Events that arrived during the push, or retries due soon, may be waiting
                     # for the lane that watches the queue: have it look again.
                     self.wake.set()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A store hiccup must not kill the worker: log it and try again shortly.
-                self._log.exception("worker error")
+            except Exception as exc:
+                # A store hiccup must not kill the worker: say so (once per kind of error a
+                # minute, not at every try) and try again shortly.
+                self._trouble("worker error", exc)
                 await self._sleep(1.0)
 
-    async def _next_claim(self) -> tuple[Claim, float] | None:
+    def _trouble(self, message: str, exc: Exception) -> None:
+        kind = f"{message}: {type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if self._troubles.get(kind, -math.inf) + TROUBLE_LOGGED_EVERY <= now:
+            self._troubles[kind] = now
+            self._log.error(message, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    async def _renew(self, claim: Claim, hold: ClaimHold) -> None:
+        """Keep the claim while its push runs; a write stops when the renewals stop working."""
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            asked = time.time()
+            try:
+                held = await self.store.renew(claim, LEASE)
+            except Exception as exc:  # hold.until stays: writes stop if this goes on
+                self._trouble("could not renew a claim", exc)
+                continue
+            if not held:
+                hold.until = -math.inf
+                self._log.warning("claim lost to another worker: no more writes in this push")
+                return
+            hold.until = asked + LEASE - LEASE_MARGIN
+
+    async def _record_outcomes(self, claim: Claim, results: list[Result]) -> None:
+        """Record a push's outcomes, trying again while the store fails (the heartbeat keeps
+        the claim meanwhile): without them, the contacts would be pushed again."""
+        delay = 0.5
+        while True:
+            try:
+                await self.store.complete(claim, results)
+                return
+            except Exception as exc:
+                self._trouble("could not record outcomes; trying again", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX)
+
+    async def _next_claim(self) -> tuple[Claim, ClaimHold] | None:
         """The next batch, and until when (wall clock) the claim on it surely holds."""
         await self._sync_pause()
         if self._stopping or await self._wait_while_paused():
             return None
         await self._linger()
         announced = self.fresh
-        held_until = time.time() + self.lease - LEASE_MARGIN  # the store's clock starts later
-        claim = await self.store.claim(self.key, self.batch_size, self.lease)
+        hold = ClaimHold(time.time() + LEASE - LEASE_MARGIN)  # the store's clock starts later
+        claim = await self.store.claim(self.key, self.batch_size, LEASE)
         taken = len(claim.items)
         # A full batch took the oldest events; a smaller one took every event announced before
         # it (or found them folded into rows it took). Those announced meanwhile still wait.
         self._claimed(taken if taken == self.batch_size else announced)
         if taken:
-            return claim, held_until
+            return claim, hold
         next_due = await self.store.next_due(self.key)
         await self._sleep(IDLE_POLL if next_due is None else min(IDLE_POLL, next_due - time.time()))
         return None
@@ -237,7 +287,7 @@ class TargetWorker:
         await self._sleep(min(remaining, STATE_POLL))
         return True
 
-    async def deliver(self, claim: Claim, held_until: float = math.inf) -> list[Result]:
+    async def deliver(self, claim: Claim, hold: ClaimHold | None = None) -> list[Result]:
         """Map, plan and push one claimed batch; return one result per item."""
         settings = self.target.settings
         outcomes: dict[int, Outcome | _Unchanged] = {}
@@ -255,7 +305,7 @@ class TargetWorker:
 
         if pushed:
             batch = [records[index][0] for index in pushed]
-            deadline = CLAIM_DEADLINE.set(held_until)
+            holding = CLAIM_HOLD.set(hold)
             try:
                 async with asyncio.timeout(settings.push_timeout):
                     answers = await self.adapter.push(batch)
@@ -278,7 +328,7 @@ class TargetWorker:
                 failure = Retry(f"adapter error: {type(exc).__name__}: {exc}")
                 outcomes.update(dict.fromkeys(pushed, failure))
             finally:
-                CLAIM_DEADLINE.reset(deadline)
+                CLAIM_HOLD.reset(holding)
 
         if self.paused_by == "target" and any(isinstance(o, Delivered) for o in outcomes.values()):
             await self.resume()

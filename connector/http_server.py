@@ -5,22 +5,25 @@ while the head is incomplete, 408 once the body is late); idle connections close
 ``keepalive_timeout``; at most ``max_connections`` are open, beyond which the longest-idle
 keep-alive connection is closed to make room, or the newcomer gets a 503; the request line and
 each header are at most ``max_header_bytes`` and there are at most ``max_headers`` (431).
-Malformed HTTP gets a JSON 400 too, and a one-line log rather than a traceback.
+Malformed HTTP gets a JSON 400 too (at once, even when a chunked body breaks after the head),
+and a one-line log rather than a traceback; so does whatever aiohttp itself would answer in plain
+text (a request target that is not a path: ``CONNECT host:443``, ``OPTIONS *``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
 
 from connector.config import ServerSettings
-from connector.observability import get_logger
-from connector.receiver import ReadTimeout, error, first_line
+from connector.observability import Throttled, get_logger
+from connector.receiver import SERVER, ReadTimeout, error, first_line
 
 log = get_logger("connector.http")
 
@@ -30,10 +33,10 @@ log = get_logger("connector.http")
 _BUSY_BODY = orjson.dumps({"error": "too many connections; retry shortly"})
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
-) % (len(_BUSY_BODY), _BUSY_BODY)
+    b"Content-Length: %d\r\nRetry-After: 1\r\nServer: %s\r\nConnection: close\r\n\r\n%s"
+) % (len(_BUSY_BODY), SERVER.encode(), _BUSY_BODY)
 _BUSY_LINGER = 1.0  # seconds a refused connection may finish sending before it is closed
-_REFUSALS_LOGGED_EVERY = 10.0  # seconds between two log lines about refused connections
+_REFUSALS_LOGGED_EVERY = 1.0  # seconds between two log lines about refused connections
 
 
 class Connection(web.RequestHandler):
@@ -79,16 +82,38 @@ class Connection(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._timer is None and self._request is None:  # the first byte of a request
+        request = self._request
+        if self._timer is None and request is None:  # the first byte of a request
             self._arm()
         super().data_received(data)
+        if request is not None and self._messages and not request.content.is_eof():
+            self._body_broke(request)
+
+    def _body_broke(self, request: web.BaseRequest) -> None:
+        """A body that broke after the head (a malformed chunk): tell the handler now.
+
+        aiohttp's C parser reports it as an error *message*, queued behind the request being
+        handled, while that request's handler waits for the rest of a body that will never come
+        (until the read timeout: 408). The error belongs to this body: it is handed to the
+        body's reader instead, so the handler answers 400 at once, and the connection closes.
+        """
+        message, _ = self._messages[-1]
+        problem = getattr(message, "exc", None)
+        if isinstance(message, RawRequestMessage) or not isinstance(problem, BaseException):
+            return
+        self._messages.pop()
+        request.content.set_exception(web.RequestPayloadError(first_line(problem)))
 
     def request_started(self, request: web.BaseRequest) -> None:
         """The head is in and the handler runs; the body is due by the same deadline."""
         self._request, self.idle_since = request, None  # (a pipelined request sent no new byte)
 
     def request_done(self) -> None:
-        self._request = None
+        request, self._request = self._request, None
+        if request is not None and request.content.exception() is not None:
+            # A broken or late body is over: aiohttp would linger reading it (the connection
+            # closes after the answer anyway) and log its error again, as unhandled.
+            request.content.feed_eof()
         self._disarm()
         self.idle_since = self._clock.time()
 
@@ -123,8 +148,9 @@ class Connection(web.RequestHandler):
         limits = self._site.settings
         longest = limits.max_header_bytes
         peer = _peer(self.transport)
-        if status >= 500:
-            log.error("request failed", status=status, peer=peer, exc_info=exc)
+        if status >= 500:  # a bug: its traceback, but not one per request
+            kind = type(exc).__name__ if exc is not None else str(status)
+            self._site.failures(kind, status=status, peer=peer, exc_info=exc)
             text = "internal error" if status == 500 else "the request could not be completed"
         else:
             if isinstance(exc, LineTooLong):
@@ -159,11 +185,12 @@ class _Busy(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_BUSY)
+        # uvloop's transports write like asyncio's but are not its WriteTransport subclasses.
+        writer = cast(asyncio.Transport, transport)
+        writer.write(_BUSY)
         # What the client is still sending is read and dropped for a moment, so that closing
         # does not reset the connection before the client has read the answer.
-        self._timer = self._loop.call_later(_BUSY_LINGER, transport.close)
+        self._timer = self._loop.call_later(_BUSY_LINGER, writer.close)
 
     def data_received(self, data: bytes) -> None:
         pass
@@ -185,17 +212,28 @@ class WebhookSite(web.BaseSite):
     accepted) is bounded too.
     """
 
-    __slots__ = ("_host", "_port", "_refusals_logged_at", "_refused", "connections", "settings")
+    __slots__ = (
+        "_host", "_on_refused", "_port", "_refusals", "connections", "failures", "settings"
+    )  # fmt: skip
 
     def __init__(
-        self, runner: web.BaseRunner, settings: ServerSettings, host: str, port: int
+        self,
+        runner: web.BaseRunner,
+        settings: ServerSettings,
+        host: str,
+        port: int,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(runner, backlog=min(settings.max_connections, 1024))
+        # At least 128: a burst of connections over a small max_connections still reaches the
+        # server and gets its 503 at once, instead of waiting for the client's SYN retries.
+        super().__init__(runner, backlog=min(max(settings.max_connections, 128), 1024))
         self.settings = settings
         self.connections: set[Connection] = set()
         self._host, self._port = host, port
-        self._refused = 0
-        self._refusals_logged_at = 0.0
+        self._on_refused = on_refused  # counts them (a metric)
+        # A flood of refusals is a line a second, with the count.
+        self._refusals = Throttled(self._log_refusals, _REFUSALS_LOGGED_EVERY)
+        self.failures = Throttled(_log_failures)  # requests that failed with a 500
 
     @property
     def name(self) -> str:
@@ -233,12 +271,22 @@ class WebhookSite(web.BaseSite):
         return True
 
     def _refuse(self) -> None:
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._refusals_logged_at >= _REFUSALS_LOGGED_EVERY:
-            log.warning("connections refused: max_connections reached", refused=self._refused,
-                        max_connections=self.settings.max_connections)  # fmt: skip
-            self._refused, self._refusals_logged_at = 0, now
+        if self._on_refused is not None:
+            self._on_refused()
+        self._refusals("max_connections")
+
+    def _log_refusals(self, kind: str, count: int, fields: dict[str, Any]) -> None:
+        log.warning("connections refused: max_connections reached", refused=count,
+                    max_connections=self.settings.max_connections)  # fmt: skip
+
+    async def stop(self) -> None:
+        self._refusals.flush()
+        self.failures.flush()
+        await super().stop()
+
+
+def _log_failures(kind: str, count: int, fields: dict[str, Any]) -> None:
+    log.error("request failed", requests=count, **fields)
 
 
 _Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -252,13 +300,31 @@ def _track_requests(server: web.Server) -> None:
 
     async def tracked(request: web.BaseRequest) -> web.StreamResponse:
         connection = request.protocol
-        if not isinstance(connection, Connection):
-            return await handle(request)
-        connection.request_started(request)
+        if isinstance(connection, Connection):
+            connection.request_started(request)
         try:
             return await handle(request)
+        except web.HTTPException as exc:  # aiohttp's own answer, in plain text: JSON instead
+            return _as_json(exc)
         finally:
-            connection.request_done()
+            if isinstance(connection, Connection):
+                connection.request_done()
 
     tracked.tracks_requests = True  # type: ignore[attr-defined]
     server.request_handler = tracked
+
+
+def _as_json(exc: web.HTTPException) -> web.StreamResponse:
+    """What aiohttp answers by itself (its router: a request target that is not a path, such as
+    ``CONNECT host:443`` or ``OPTIONS *``) as a JSON error like every other."""
+    if exc.status == 404:
+        text = "no such route"
+    elif exc.status == 405:
+        text = "method not allowed here"
+    else:
+        text = exc.reason.lower() if exc.reason else "request refused"
+    response = error(exc.status, text)
+    for name in ("Allow", "Retry-After"):
+        if name in exc.headers:
+            response.headers[name] = exc.headers[name]
+    return response

@@ -30,6 +30,10 @@ class Metrics:
             f"{PREFIX}_events_received", "Webhooks received, by what became of them.",
             ["tenant", "event", "outcome"], registry=r,
         )  # fmt: skip
+        self.connections_refused = Counter(
+            f"{PREFIX}_connections_refused", "Connections answered 503: max_connections reached.",
+            registry=r,
+        )  # fmt: skip
         self.deliveries = Counter(
             f"{PREFIX}_deliveries", "Records pushed to targets, by outcome.",
             ["tenant", "target", "outcome"], registry=r,

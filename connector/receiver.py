@@ -13,10 +13,14 @@ The receiver faces the internet, so every byte is treated as hostile:
   ``body_problem``); then the payload schema (422, naming the field). A client that sends
   ``Expect: 100-continue`` gets any refusal that does not need the body before it uploads it.
 * connections: deadlines, a cap and header limits, in :mod:`connector.http_server`.
+
+When the event cannot be stored (the disk is full, the database unreachable or slow), the answer
+is 503 with ``Retry-After``, never a 500, and never a 202: see ``Receiver._store_failed``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Iterable, Mapping
@@ -42,14 +46,29 @@ MAX_DEPTH = 32  # levels of nesting in a body; Mimeeq's payloads use 3
 _ECHO = 100  # characters of a caller's text quoted back in an error, at most
 # Content types read as JSON (besides application/*+json): see unsupported_body.
 _JSON_TYPES = frozenset({"application/json", "text/json", "text/plain", "application/octet-stream"})
+SERVER = "mimeeq-connector"  # the Server header: aiohttp's default names Python and its version
+_HEADERS: dict[str, str] = {"Server": SERVER}
+STORE_RETRY_AFTER = 5  # seconds a sender is asked to wait when the store cannot write
+DRAIN_RETRY_AFTER = 5  # ... and while this process shuts down (another one takes over)
+STORE_TIMEOUT = 20.0  # seconds an event may take to be stored before the answer is 503
 
 
-def json_response(status: int, body: Mapping[str, Any]) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def json_response(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] = _HEADERS
+) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 def error(status: int, message: str, **extra: Any) -> web.Response:
     return json_response(status, {"error": message, **extra})
+
+
+def unavailable(message: str, retry_after: int) -> web.Response:
+    """503: nothing was stored; the sender should try again after ``retry_after`` seconds."""
+    headers = {**_HEADERS, "Retry-After": str(retry_after)}
+    return json_response(503, {"error": message}, headers)
 
 
 def authorized(tenant: Tenant | None, headers: Mapping[str, str]) -> bool:
@@ -169,6 +188,7 @@ class Receiver:
     def __init__(self, service: Service) -> None:
         self.service = service
         self._counters: dict[tuple[str, str, str], Counter] = {}
+        self._deadlines = Deadlines(STORE_TIMEOUT)
 
     async def webhook(self, request: web.Request) -> web.Response:
         tenant = self.service.config.tenants.get(request.match_info["tenant"])
@@ -215,7 +235,8 @@ class Receiver:
             return error(401, "missing or invalid authentication header"), "unauthorized"
         assert tenant is not None
         if not self.service.accepting:
-            return error(503, "the connector is shutting down; retry shortly"), "unavailable"
+            message = "the connector is shutting down; retry shortly"
+            return unavailable(message, DRAIN_RETRY_AFTER), "unavailable"
         if event in OTHER_EVENTS:
             return json_response(202, {"eventId": None, "status": "ignored"}), "ignored"
         if event not in CONTACT_EVENTS:
@@ -277,9 +298,24 @@ class Receiver:
             message = "customerId is not this tenant's Mimeeq customer"
             return self._invalid(tenant, event, 422, message, "customerId")
 
-        accepted = await service.store.append(
-            NewEvent(tenant.slug, event, payload["id"], op, body, tenant.enabled_targets)
-        )
+        task = asyncio.current_task()
+        if task is not None:
+            self._deadlines.watch(task)
+        try:
+            accepted = await service.store.append(
+                NewEvent(tenant.slug, event, payload["id"], op, body, tenant.enabled_targets)
+            )
+        except asyncio.CancelledError:
+            if task is None or not self._deadlines.expired(task):
+                raise
+            return self._store_failed(TimeoutError(f"not stored within {STORE_TIMEOUT:g} s"))
+        except Exception as exc:  # whatever the store raised: the event is not known to be stored
+            return self._store_failed(exc)
+        finally:
+            if task is not None:
+                self._deadlines.forget(task)
+        if service.store_health.failing is not None:
+            service.store_health.succeeded()
         if accepted.status == "queued":
             service.notify(tenant.slug)
         log.debug(
@@ -294,6 +330,18 @@ class Receiver:
         if accepted.reason:
             answer["reason"] = accepted.reason
         return json_response(202, answer), accepted.status
+
+    def _store_failed(self, exc: Exception) -> tuple[web.Response, str]:
+        """503 with Retry-After: the sender keeps the event and tries again later.
+
+        Never a 500 (nothing is wrong with the request) and never a 202. An append that timed
+        out may still commit: the redelivery is then answered ``duplicate``. The failure is
+        logged a line per kind per second (:class:`connector.service.StoreHealth`), and
+        ``/readyz`` answers 503 until the store writes again.
+        """
+        self.service.store_health.failed(exc)
+        message = "the event could not be stored; it was not accepted: retry later"
+        return unavailable(message, STORE_RETRY_AFTER), "store_unavailable"
 
     @staticmethod
     def _invalid(
@@ -317,7 +365,7 @@ class Receiver:
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = await self.service.render_metrics()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={**_HEADERS, "Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(200, {"status": "ok"})
@@ -356,6 +404,52 @@ async def _method_not_allowed(request: web.Request) -> web.Response:
 
 async def _not_found(request: web.Request) -> web.Response:
     return error(404, "no such route")
+
+
+class Deadlines:
+    """A deadline for each task in :meth:`watch`: past it, the task is cancelled, and
+    :meth:`expired` tells that cancellation from any other.
+
+    A store that hangs (a database that stopped answering, a disk that blocks) must not hold
+    webhooks forever. ``asyncio.timeout`` costs a timer per request, a few per cent of a
+    webhook's time; here there is one timer at a time, for the oldest task watched.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._started: dict[asyncio.Task[Any], float] = {}  # oldest first (insertion order)
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        loop = task.get_loop()
+        self._started[task] = now = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(now + self.seconds, self._check, loop)
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        self._started.pop(task, None)
+        self._expired.discard(task)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` was cancelled for its deadline (then it is no longer cancelled)."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        while self._started:
+            task, started = next(iter(self._started.items()))  # the oldest
+            if now - started < self.seconds:  # the next check is at its deadline
+                self._timer = loop.call_at(started + self.seconds, self._check, loop)
+                return
+            del self._started[task]
+            self._expired.add(task)
+            task.cancel()
 
 
 class ReadTimeout(TimeoutError):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
 import signal
+import sqlite3
 import time
+from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from connector.config import Config, Target, load_config
@@ -14,17 +19,95 @@ from connector.delivery import TargetWorker
 from connector.errors import ConfigError
 from connector.http_server import WebhookSite
 from connector.metrics import Metrics, MetricsReporter
-from connector.observability import get_logger
+from connector.observability import Throttled, get_logger, log_loop_exception
 from connector.ratelimit import RateLimiter, account_key, shared_limiter
 from connector.receiver import create_app
 from connector.store import open_store
 from connector.store.base import Store, TargetStatus
+from connector.store.postgres import redacted
+from connector.store.sqlite import sqlite_path
 from connector.targets import TargetContext
 
 log = get_logger("connector.service")
 
 PRUNE_EVERY = 3600.0  # seconds between two retention passes
 GAUGES_MAX_AGE = 5.0  # seconds a scrape may reuse the queue figures of the one before
+# What the infrastructure raises when the store cannot write (disk full, database gone): said in
+# one line, without a traceback. Anything else is a bug, and its traceback is worth logging.
+STORE_ERRORS = (sqlite3.Error, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says why, for one log line (no traceback)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception on one line: its type and the first line of its message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, TimeoutError) and not lines:
+        lines = ["no answer in time"]
+    text = lines[0] if lines else "no details"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+class StoreHealth:
+    """Whether the store takes writes, as the receiver's appends find out.
+
+    A failed append marks the store as failing: ``/readyz`` answers 503 naming the problem, and
+    the next append that succeeds clears it. While it fails, ``/readyz`` also tries a write of
+    its own (``Store.probe_write``, which leaves nothing behind) at most once a second, so that a
+    replica its orchestrator took out of rotation, and which therefore gets no webhooks, still
+    notices when the store writes again. Failures are logged a line per kind (exception type)
+    per second, with how many webhooks were refused, never a traceback per request.
+    """
+
+    probe_every = 1.0  # seconds between two write probes while failing
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.failing: str | None = None  # the last problem, while failing
+        self._since = 0.0
+        self._refused = 0  # webhooks refused since the store started failing
+        self._probed_at = -self.probe_every
+        self._lines = Throttled(self._log_failure)
+
+    def failed(self, exc: BaseException) -> None:
+        problem = describe_error(exc)
+        if self.failing is None:
+            self._since, self._refused = time.monotonic(), 0
+        self.failing = problem
+        self._refused += 1
+        details = {} if isinstance(exc, STORE_ERRORS) else {"exc_info": exc}
+        self._lines(type(exc).__name__, error=problem, **details)
+
+    @staticmethod
+    def _log_failure(kind: str, count: int, fields: dict[str, Any]) -> None:
+        log.error("webhooks refused: the store cannot write", refused=count, **fields)
+
+    def succeeded(self) -> None:
+        if self.failing is None:
+            return
+        self._lines.flush()
+        log.warning("the store writes again", refused=self._refused,
+                    seconds=round(time.monotonic() - self._since, 1))  # fmt: skip
+        self.failing = None
+
+    async def problem(self) -> str | None:
+        """Why the store cannot write, or None; probes it while it fails."""
+        if self.failing is None:
+            return None
+        now = time.monotonic()
+        if now - self._probed_at >= self.probe_every:
+            self._probed_at = now
+            try:
+                async with asyncio.timeout(2):
+                    await self.store.probe_write()
+            except Exception as exc:
+                self.failing = describe_error(exc)
+            else:
+                self.succeeded()
+                return None
+        return f"the store cannot write: {self.failing}"
 
 
 class Service:
@@ -32,6 +115,7 @@ class Service:
         self.config = config
         self.store = store or open_store(config, exclusive=True)
         self.metrics = Metrics()
+        self.store_health = StoreHealth(self.store)
         self.workers: dict[str, TargetWorker] = {}
         self.accepting = False
         self._runner: web.AppRunner | None = None
@@ -51,6 +135,9 @@ class Service:
             return "starting or draining"
         if not all(worker.running for worker in self.workers.values()):
             return "a target worker is not running"
+        problem = await self.store_health.problem()
+        if problem:
+            return problem
         try:
             async with asyncio.timeout(2):
                 await self.store.ping()
@@ -61,7 +148,13 @@ class Service:
     async def render_metrics(self) -> bytes:
         if time.monotonic() - self._gauges_at > GAUGES_MAX_AGE:
             self._gauges_at = time.monotonic()
-            found = {s.target: s for s in await self.store.status()}
+            try:
+                async with asyncio.timeout(2):
+                    statuses = await self.store.status()
+            except Exception as exc:  # the counters are served all the same: they say the most
+                log.warning("queue gauges not refreshed", error=describe_error(exc))
+                return self.metrics.render()
+            found = {s.target: s for s in statuses}
             empty = TargetStatus("", 0, 0, 0, 0, None, None, None)
             self.metrics.set_queue(
                 [found.get(key) or dataclasses.replace(empty, target=key) for key in self.workers]
@@ -70,8 +163,15 @@ class Service:
         return self.metrics.render()
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
-        await self.store.open()
-        released = await self.store.recover()
+        """Open the store, start the workers, listen. :class:`StartupError` says what failed."""
+        try:
+            await self.store.open()
+            released = await self.store.recover()
+        except ConfigError:
+            raise
+        except Exception as exc:  # disk full at migration, database refusing, ...
+            problem = describe_error(exc)
+            raise StartupError(f"the store {self._store_name()} cannot be used: {problem}") from exc
         if released:
             log.info("released claims left by an earlier run", claims=released)
         for target in self.config.targets:
@@ -87,13 +187,15 @@ class Service:
         )
         await self._runner.setup()
         # Read deadlines, a connection cap, header limits: see WebhookSite.
-        site = WebhookSite(
-            self._runner,
-            server,
-            host if host is not None else server.host,
-            port if port is not None else server.port,
-        )
-        await site.start()
+        listen_host = host if host is not None else server.host
+        listen_port = port if port is not None else server.port
+        refused = self.metrics.connections_refused.inc
+        site = WebhookSite(self._runner, server, listen_host, listen_port, on_refused=refused)
+        try:
+            await site.start()
+        except OSError as exc:  # the port is in use, the address is not this machine's, ...
+            reason = os.strerror(exc.errno) if exc.errno else describe_error(exc)
+            raise StartupError(f"cannot listen on {listen_host}:{listen_port}: {reason}") from exc
         self.port = site.port
         self._pruner = asyncio.create_task(self._prune_forever(), name="retention")
         self.accepting = True
@@ -103,6 +205,12 @@ class Service:
             tenants=len(self.config.tenants),
             targets=len(self.workers),
         )
+
+    def _store_name(self) -> str:
+        url = self.config.store.url
+        if url.startswith("sqlite:"):
+            return str(sqlite_path(url, self.config.base_dir))
+        return redacted(url)  # never the password
 
     async def _start_worker(self, target: Target) -> None:
         report = MetricsReporter(self.metrics, target.tenant, target.name)
@@ -207,8 +315,17 @@ class Service:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.set_exception_handler(log_loop_exception)  # one JSON line, not asyncio's text
         try:
             await self.start(host, port)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the cause is what gets told
+                if self.workers or self._runner is not None:  # what did start is stopped
+                    await self.stop()
+                else:
+                    await self.store.close()  # (closing a store twice is harmless)
+            raise
+        try:
             await stop.wait()
             log.info("stopping: draining work in flight")
         finally:

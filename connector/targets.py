@@ -147,16 +147,27 @@ class Dead:
 Outcome = Delivered | Retry | Dead
 
 
-# The wall-clock time until which the worker's claim on the records being pushed holds. After it,
-# another replica may own them: a push still running (a process stopped and resumed, say) must not
-# send another write. Set by the worker around each push; adapters call ``check_claim`` before
-# each request that writes.
-CLAIM_DEADLINE: ContextVar[float] = ContextVar("claim_deadline", default=math.inf)
+@dataclass(slots=True)
+class ClaimHold:
+    """Until when (wall clock) the worker's claim on the records being pushed surely holds.
+
+    The worker renews the claim while the push runs (a heartbeat) and moves ``until`` on after
+    each renewal. Past it, another replica may own the records: a push still running (a process
+    stopped and resumed, a store unreachable for the renewals) must not send another write.
+    """
+
+    until: float = math.inf
+
+
+# Set by the worker around each push; adapters call ``check_claim`` before each request that
+# writes.
+CLAIM_HOLD: ContextVar[ClaimHold | None] = ContextVar("claim_hold", default=None)
 
 
 def check_claim() -> None:
     """Raise ``RetryableError`` when the push's claim may no longer be this process's."""
-    if time.time() >= CLAIM_DEADLINE.get():
+    hold = CLAIM_HOLD.get()
+    if hold is not None and time.time() >= hold.until:
         raise RetryableError("the claim on these contacts ran out before this write: not sent")
 
 

@@ -206,6 +206,47 @@ async def test_formulas_are_neutralised_once(tmp_path: Path, prefix: str) -> Non
     assert [r[0] for r in read(b.settings.path)[1:]] == ["other"]
 
 
+async def test_ids_that_differ_only_by_an_escape_keep_a_row_each(tmp_path: Path) -> None:
+    ids = ["=X", "'=X", "''=X", "'X", "X", "-1", "'-1"]
+    a = make(tmp_path)
+    await a.open()
+    await a.push([up(i, firstname=f"name of {i}", email=i) for i in ids])
+    await a.close()
+    rows = {r[0]: r for r in read(a.settings.path)[1:]}
+    assert len(rows) == len(ids)
+    assert rows["''=X"] == ["''=X", "''=X", "name of '=X", ""]  # the value escaped alike
+    assert rows["'X"][2] == "name of 'X"  # not a formula: written as it is
+
+    # After a reload each contact still finds its own row: updated, then deleted.
+    b = make(tmp_path)
+    await b.open()
+    await b.push([up(i, firstname=f"new name of {i}") for i in ids])
+    await b.push([delete("'=X")])
+    await b.close()
+    names = sorted(r[2] for r in read(b.settings.path)[1:])
+    assert names == sorted(f"new name of {i}" for i in ids if i != "'=X")
+
+
+async def test_a_file_written_with_the_old_escaping_still_finds_its_rows(tmp_path: Path) -> None:
+    """Earlier versions wrote contact ``=X`` as ``'=X`` and ``'X`` as it is."""
+    a = make(tmp_path)
+    path = a.settings.path
+    path.parent.mkdir()
+    path.write_text(
+        "mimeeq_contact_id,email,firstname,tags\n'=X,,old =X,\n'X,,old 'X,\n'+44,,old +44,\n",
+        "utf-8",
+    )
+    await a.open()
+    await a.push([up("=X", firstname="new =X"), up("'X", firstname="new 'X"), delete("+44")])
+    await a.push([up("'=X", firstname="new '=X")])  # a contact of its own, now
+    await a.close()
+    assert read(path)[1:] == [
+        ["'=X", "", "new =X", ""],
+        ["'X", "", "new 'X", ""],
+        ["''=X", "", "new '=X", ""],
+    ]
+
+
 async def test_hand_edited_formula_is_neutralised_on_reload(tmp_path: Path) -> None:
     a = make(tmp_path)
     path = a.settings.path

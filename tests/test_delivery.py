@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from connector import delivery
 from connector.config import load_config
 from connector.delivery import backoff_delay
 from connector.errors import PermanentError, RetryableError, TargetPaused
@@ -336,3 +337,44 @@ async def test_a_burst_goes_out_in_full_batches(running: Callable[..., Any]) -> 
     await asyncio.gather(*(send(service, "contact-created", contact(n)) for n in range(40)))
     await status_reaches(service, delivered=40, pending=0)
     assert [len(batch) for batch in fake.pushes] == [20, 20]  # ceil(40 / 20) calls, no more
+
+
+async def test_a_push_longer_than_the_lease_keeps_its_contacts(
+    running: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "LEASE", 0.6)  # renewed every 0.2 s, writes stop 0.2 s early
+    monkeypatch.setattr(delivery, "RENEW_EVERY", 0.2)
+    monkeypatch.setattr(delivery, "LEASE_MARGIN", 0.2)
+    targets = {"fake": {"type": "fake", "mapping": FAKE_MAPPING, "concurrency": 4}}
+    service = await running(targets)
+    fake = fake_adapter(service)
+    fake.gate, fake.hold = asyncio.Event(), {contact(1)["id"]}
+    await send(service, "contact-created", contact(1))
+    await eventually(lambda: bool(fake.in_flight))
+    await asyncio.sleep(2.0)  # several leases long: without the heartbeat, another lane takes it
+    assert len(fake.pushes) == 1
+    fake.hold = set()
+    fake.gate.set()
+    await status_reaches(service, delivered=1, pending=0)
+    assert fake.overlaps == 0 and len(fake.pushes) == 1
+
+
+async def test_outcomes_the_store_failed_to_record_are_recorded_again(
+    running: Callable[..., Any],
+) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    complete, failures = service.store.complete, [1]
+
+    async def flaky_complete(*args: Any) -> None:
+        if failures:
+            failures.pop()
+            raise OSError("database or disk is full")
+        await complete(*args)
+
+    service.store.complete = flaky_complete  # type: ignore[method-assign]
+    started = time.monotonic()
+    await send(service, "contact-created", contact(1))
+    await status_reaches(service, delivered=1, pending=0)
+    assert not failures and len(fake.pushes) == 1  # recorded, not pushed again
+    assert time.monotonic() - started < delivery.LEASE  # not left to wait out the lease

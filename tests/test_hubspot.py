@@ -21,7 +21,8 @@ from connector.cli import main
 from connector.errors import TargetPaused
 from connector.mapping import load_mapping
 from connector.targets import (
-    CLAIM_DEADLINE,
+    CLAIM_HOLD,
+    ClaimHold,
     CompanyLink,
     Dead,
     Delivered,
@@ -673,11 +674,11 @@ async def test_a_cancelled_push_leaves_nothing_running(fake: FakeHubSpot, make_a
 async def test_no_write_after_the_claim_ran_out(fake: FakeHubSpot, make_adapter) -> None:
     adapter = await make_adapter()
     calls = len(fake.calls)
-    token = CLAIM_DEADLINE.set(time.time() - 1)
+    token = CLAIM_HOLD.set(ClaimHold(time.time() - 1))
     try:
         outcomes = await adapter.push([record(adapter, 1), record(adapter, 2, "delete")])
     finally:
-        CLAIM_DEADLINE.reset(token)
+        CLAIM_HOLD.reset(token)
     assert all(isinstance(o, Retry) and "claim" in o.reason for o in outcomes)
     assert len(fake.calls) == calls and not fake.contacts
 

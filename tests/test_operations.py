@@ -78,6 +78,33 @@ async def test_replay_needs_ids_or_all(running: Callable) -> None:
     assert result.exit_code == 2 and "give dead letter ids, or --all" in result.output
 
 
+async def test_dead_letter_ids_out_of_range_are_refused_plainly(running: Callable) -> None:
+    service = await running()
+    fake_adapter(service).script = lambda r: Dead("HTTP 422: email is invalid")
+    await send(service, "contact-created", contact(1))
+    await status_reaches(service, dead=1, pending=0)
+    config = config_of(service)
+    huge = "100000000000000000000000"
+    ids = "is not in the range 1<=x<=9223372036854775807"
+    for args, expected in (
+        (("dlq", "show", huge), f"'DEAD_LETTER_ID': {huge} {ids}"),
+        (("dlq", "show", "0"), f"'DEAD_LETTER_ID': 0 {ids}"),
+        (("dlq", "replay", "1", huge), f"{huge} {ids}"),
+        (("dlq", "purge", huge), f"{huge} {ids}"),
+        (("dlq", "purge", "0", "1"), f"0 {ids}"),
+        (("dlq", "list", "--limit", huge), "is not in the range 0<=x<=9223372036854775807"),
+    ):
+        result = await cli(*args, "--config", config)
+        assert result.exit_code == 2, (args, result.output)  # a usage error
+        assert expected in result.stderr, (args, result.stderr)
+        assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    # Nothing was replayed or purged on the way.
+    (letter,) = json.loads((await cli("dlq", "list", "--config", config, "--json")).stdout)
+    assert letter["contact_id"] == contact(1)["id"] and letter["replayed_at"] is None
+    largest = await cli("dlq", "show", "9223372036854775807", "--config", config)
+    assert largest.exit_code == 1 and "no dead letter 9223372036854775807" in largest.stderr
+
+
 async def test_an_operator_pauses_and_resumes_a_target(running: Callable) -> None:
     service = await running()
     fake = fake_adapter(service)
@@ -161,10 +188,14 @@ async def test_import_a_mimeeq_csv_export_twice(running: Callable, tmp_path: Pat
     fake = fake_adapter(service)
     export = tmp_path / "contacts.csv"
     export.write_text(MIMEEQ_EXPORT, encoding="utf-8")
+    refused = await cli("import", "--config", config_of(service), "--tenant", "demo", str(export))
+    assert refused.exit_code == 1  # one row could not be used: the file is refused whole
+    assert "line 4: id: required, but empty" in refused.stderr
+    assert "refused, nothing imported: 1 unusable row(s), 3 usable" in refused.stdout
+    export.write_text(MIMEEQ_EXPORT.replace(",No,Id,nobody@example.com,,,,,,,,,\n", ""))
     first = await cli("import", "--config", config_of(service), "--tenant", "demo", str(export))
-    assert first.exit_code == 1  # one row could not be used: said so, the rest imported
-    assert "3 queued, 1 unusable" in first.stdout
-    assert "line 4: id: required, but empty" in first.stderr
+    assert first.exit_code == 0, first.output
+    assert "imported 3 rows: 3 queued, 0 duplicate, 0 dropped" in first.stdout
     await eventually(lambda: len(fake.contacts) == 3)  # picked up by the server
     assert fake.contacts["CONT-imp-1"] == {"first": "Ada", "last": "Lovelace",
                                            "email": "ada@example.com"}  # fmt: skip
@@ -177,7 +208,8 @@ async def test_import_a_mimeeq_csv_export_twice(running: Callable, tmp_path: Pat
     second = await cli("import", "--config", config_of(service), "--tenant", "demo", str(export),
                        "--json")  # fmt: skip
     counts = json.loads(second.stdout)
-    assert (counts["queued"], counts["duplicate"], counts["unusable"]) == (0, 3, 1)
+    assert (counts["queued"], counts["duplicate"], counts["unusable"]) == (0, 3, 0)
+    assert second.exit_code == 0 and counts["status"] == "imported"
 
 
 async def test_import_json_lines(running: Callable, tmp_path: Path) -> None:
@@ -189,10 +221,15 @@ async def test_import_json_lines(running: Callable, tmp_path: Path) -> None:
     source = tmp_path / "contacts.jsonl"
     source.write_text("\n".join(lines) + "\n")
     result = await cli("import", "--config", config_of(service), "--tenant", "demo", str(source))
-    assert "5 queued, 2 unusable" in result.stdout
+    assert result.exit_code == 1
+    assert "refused, nothing imported: 2 unusable row(s), 5 usable" in result.stdout
     assert "line 3: not valid JSON" in result.stderr
     assert "line 7: customerId is not this tenant's Mimeeq customer" in result.stderr
+    source.write_text("\n".join(lines[:2] + lines[3:-1]) + "\n")
+    result = await cli("import", "--config", config_of(service), "--tenant", "demo", str(source))
+    assert result.exit_code == 0 and "imported 5 rows: 5 queued" in result.stdout
     await eventually(lambda: len(fake.contacts) == 5)
+    assert fake.pushes and len({r.contact_id for b in fake.pushes for r in b}) == 5
 
 
 async def test_stopping_hands_back_a_cut_push_after_its_write_could_land(tmp_path: Path) -> None:

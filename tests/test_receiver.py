@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sqlite3
@@ -10,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from connector.config import Config
 from connector.service import Service
 from tests.conftest import CUSTOMER, TOKEN, contact, example, fake_adapter
 
@@ -227,3 +229,56 @@ async def test_unknown_routes_answer_json(service: Service, http: aiohttp.Client
     async with http.get(url(service, "/nothing")) as response:
         assert response.status == 404
         assert "error" in await response.json()
+
+
+async def test_a_store_that_cannot_write_means_503_never_500(
+    service: Service, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the store raises (here a bug's error), the event is refused with Retry-After,
+    counted, and /readyz says so until a write works again."""
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("the store is broken")
+
+    monkeypatch.setattr(service.store, "append", broken)
+    monkeypatch.setattr(service.store, "probe_write", broken)
+    async with http.post(url(service, "/webhooks/demo/contact-created"), json=contact(1),
+                         headers=AUTH) as response:  # fmt: skip
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert "not accepted" in (await response.json())["error"]
+    async with http.get(url(service, "/readyz")) as response:
+        assert response.status == 503
+        assert "RuntimeError: the store is broken" in (await response.json())["reason"]
+    async with http.get(url(service, "/metrics")) as response:
+        assert 'outcome="store_unavailable",tenant="demo"} 1.0' in await response.text()
+
+    monkeypatch.undo()  # the store writes again: the probe of the next /readyz finds out
+    service.store_health.probe_every = 0
+    async with http.get(url(service, "/readyz")) as response:
+        assert response.status == 200
+    assert service.store_health.failing is None
+    status, _ = await post(http, service, "/webhooks/demo/contact-created", contact(1))
+    assert status == 202
+
+
+async def test_a_store_that_hangs_means_503_after_a_while(
+    config: Config, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("connector.receiver.STORE_TIMEOUT", 0.3)
+    service = Service(config)
+    await service.start()
+    try:
+
+        async def hangs(*args: Any) -> Any:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(service.store, "append", hangs)
+        async with http.post(url(service, "/webhooks/demo/contact-created"), json=contact(1),
+                             headers=AUTH) as response:  # fmt: skip
+            assert response.status == 503
+            assert "Retry-After" in response.headers
+        assert service.store_health.failing == "TimeoutError: not stored within 0.3 s"
+    finally:
+        monkeypatch.undo()
+        await service.stop()

@@ -28,7 +28,8 @@ from connector.config import load_config
 from connector.errors import ConfigError, TargetPaused
 from connector.mapping import load_mapping
 from connector.targets import (
-    CLAIM_DEADLINE,
+    CLAIM_HOLD,
+    ClaimHold,
     Dead,
     Delivered,
     Record,
@@ -820,11 +821,11 @@ async def test_a_trickling_answer_is_cut_at_the_call_timeout(make_adapter) -> No
 async def test_no_write_once_the_claim_ran_out(crm: respx.MockRouter, make_adapter) -> None:
     route = crm.post("/contacts").mock(return_value=created("1"))
     adapter = await make_adapter()
-    token = CLAIM_DEADLINE.set(time.time() - 1)  # another replica may own the contact now
+    token = CLAIM_HOLD.set(ClaimHold(time.time() - 1))  # another replica may own the contact now
     try:
         (outcome,) = await adapter.push([record(adapter, 1)])
     finally:
-        CLAIM_DEADLINE.reset(token)
+        CLAIM_HOLD.reset(token)
     assert isinstance(outcome, Retry) and "claim" in outcome.reason
     assert route.call_count == 0
 

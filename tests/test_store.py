@@ -350,6 +350,26 @@ async def test_results_for_a_lost_lease_are_ignored(store: Store) -> None:
     assert (status.pending, status.delivered) == (1, 0)
 
 
+async def test_a_renewed_claim_outlives_its_first_lease(store: Store) -> None:
+    await store.append(event("c1"))
+    claim = await store.claim(T, 10, 0.05)
+    assert await store.renew(claim, 60)
+    await asyncio.sleep(0.1)  # past the first lease: the renewal holds it
+    assert (await store.claim(T, 10, 60)).items == []
+    await store.complete(claim, [Result("c1", "delivered")])
+    (status,) = await store.status()
+    assert (status.pending, status.delivered) == (0, 1)
+
+
+async def test_a_lost_claim_cannot_be_renewed(store: Store) -> None:
+    await store.append(event("c1"))
+    stale = await store.claim(T, 10, 0.01)
+    await asyncio.sleep(0.02)
+    fresh = await store.claim(T, 10, 60)
+    assert not await store.renew(stale, 60)  # the contact is the other claim's now
+    assert await store.renew(fresh, 60)
+
+
 async def test_recover_releases_claims_of_a_crashed_process(sqlite_store: SQLiteStore) -> None:
     # One process per SQLite file: every claim left at start belongs to a process that is gone.
     # (PostgreSQL is shared: see test_postgres for what recover() does there.)

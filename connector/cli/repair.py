@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TextIO
 
 import click
 import orjson
@@ -32,6 +33,9 @@ from connector.store.base import DeadLetter, NewEvent, Replayed, Trace
 
 tenant_option = click.option("--tenant", default=None, help="Only this tenant's targets.")
 target_option = click.option("--target", default=None, help="Only this target (needs --tenant).")
+MAX_ID = 2**63 - 1  # the largest integer SQLite and PostgreSQL keep: any larger is no id of ours
+# Out of range is a usage error (exit 2) naming the range, not an overflow deep in the store.
+DEAD_LETTER_ID = click.IntRange(1, MAX_ID)
 
 
 @main.group()
@@ -43,7 +47,7 @@ def dlq() -> None:
 @config_option
 @tenant_option
 @target_option
-@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--limit", type=click.IntRange(0, MAX_ID), default=1000, show_default=True)
 @json_option
 def dlq_list(
     config_path: Path | None, tenant: str | None, target: str | None, limit: int, as_json: bool
@@ -74,7 +78,7 @@ async def _dead_letters(config: Config, targets: list[str] | None, limit: int) -
 
 @dlq.command("show")
 @config_option
-@click.argument("dead_letter_id", type=int)
+@click.argument("dead_letter_id", type=DEAD_LETTER_ID)
 @json_option
 def dlq_show(config_path: Path | None, dead_letter_id: int, as_json: bool) -> None:
     """Everything about one dead letter, payload included."""
@@ -112,7 +116,7 @@ def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
 
 @dlq.command("replay")
 @config_option
-@click.argument("ids", type=int, nargs=-1)
+@click.argument("ids", type=DEAD_LETTER_ID, nargs=-1)
 @click.option("--all", "all_of", is_flag=True, help="Every dead letter not replayed yet.")
 @tenant_option
 @target_option
@@ -183,7 +187,7 @@ async def _replay(
 
 @dlq.command("purge")
 @config_option
-@click.argument("ids", type=int, nargs=-1)
+@click.argument("ids", type=DEAD_LETTER_ID, nargs=-1)
 @click.option("--all", "all_of", is_flag=True, help="Every dead letter (of --tenant/--target).")
 @tenant_option
 @target_option
@@ -348,57 +352,115 @@ def _trace_dict(found: Trace) -> dict[str, Any]:
 def import_command(config_path: Path | None, tenant: str, file: Path, as_json: bool) -> None:
     """Backfill from a Mimeeq contacts CSV export or a JSON-lines file of contact payloads.
 
-    Every row goes through the normal pipeline; importing the same file twice stores nothing new.
+    The whole file is read and checked first: it is imported whole, or refused (exit 1) with
+    the lines at fault and nothing stored. Every row goes through the normal pipeline;
+    importing the same file twice stores nothing new.
     """
     config = load(config_path)
     if tenant not in config.tenants:
         raise click.BadParameter(f"no tenant {tenant!r} in {config.path}", param_hint="--tenant")
-    counts, problems = asyncio.run(_import(config, tenant, file, show_progress=not as_json))
+    result = asyncio.run(_import(config, tenant, file, show_progress=not as_json))
     if as_json:
-        print_json({**counts, "problems": [{"line": n, "problem": p} for n, p in problems]})
+        print_json(asdict(result) | {"problems": [
+            {"line": n, "problem": p} for n, p in result.problems]})  # fmt: skip
     else:
-        summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "nothing"
-        click.echo(f"{file}: {summary}")
-        for line, problem in problems:
+        for line, problem in result.problems:
             click.echo(f"  line {line}: {problem}", err=True)
-    if problems:
+        if result.more_problems:
+            click.echo(f"  … and {result.more_problems} more", err=True)
+        if result.error:
+            click.echo(f"error: {result.error}", err=True)
+        click.echo(f"{file}: {result.summary()}")
+    if result.status != "imported":
         raise SystemExit(1)
 
 
-async def _import(
-    config: Config, slug: str, file: Path, *, show_progress: bool
-) -> tuple[dict[str, int], list[tuple[int, str]]]:
+SHOWN_PROBLEMS = 20  # lines at fault named one by one; the others are counted
+BATCH = 500  # events stored per transaction
+
+
+@dataclass
+class Imported:
+    """What an import did: ``imported`` (every row stored), ``refused`` (a row could not be
+    used: nothing stored) or ``stopped`` (storing failed part way: ``error``)."""
+
+    status: Literal["imported", "refused", "stopped"] = "imported"
+    rows: int = 0  # usable rows in the file
+    queued: int = 0
+    duplicate: int = 0  # identical to the contact's latest event: nothing new
+    dropped: int = 0  # the contact was deleted earlier
+    unusable: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)  # the first SHOWN_PROBLEMS
+    more_problems: int = 0
+    error: str | None = None
+
+    def summary(self) -> str:
+        stored = f"{self.queued} queued, {self.duplicate} duplicate, {self.dropped} dropped"
+        if self.status == "refused" and self.error:
+            return "refused, nothing imported"
+        if self.status == "refused":
+            return (
+                f"refused, nothing imported: {self.unusable} unusable row(s), "
+                f"{self.rows} usable; fix the lines named and import again"
+            )
+        if self.status == "stopped":
+            done = self.queued + self.duplicate + self.dropped
+            return (
+                f"stopped after {done} of {self.rows} rows ({stored}); importing the file again "
+                "is safe: what is stored already counts as duplicate"
+            )
+        return f"imported {self.rows} rows: {stored} (deleted earlier)"
+
+
+async def _import(config: Config, slug: str, file: Path, *, show_progress: bool) -> Imported:
     tenant = config.tenants[slug]
     targets = tenant.enabled_targets
-    counts = {"queued": 0, "duplicate": 0, "dropped": 0, "unusable": 0}
-    problems: list[tuple[int, str]] = []
-    with file.open("rb") as f:
-        lines = sum(1 for _ in f)
-    batch: list[NewEvent] = []
-    async with opened_store(config) as store:
-
-        async def flush() -> None:
-            for accepted in await store.append_many(batch):
-                counts[accepted.status] += 1
-            batch.clear()
-
-        with click.progressbar(
-            length=lines, label="importing", file=None if show_progress else io.StringIO(),
-            show_pos=True,
-        ) as bar:  # fmt: skip
+    result = Imported()
+    events: list[NewEvent] = []
+    progress: TextIO = sys.stderr if show_progress else io.StringIO()  # stdout: the summary
+    # Read and check every row before storing any: a file is imported whole or not at all.
+    try:
+        with file.open("rb") as f:  # in chunks: a file without line breaks is one huge line
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) + 1
+        rows = read_rows(file, tenant.customer_id, tenant.import_settings,
+                         max_line_bytes=config.server.max_body_bytes)  # fmt: skip
+        with click.progressbar(length=lines, label="checking", file=progress, show_pos=True) as bar:
             done = 0
-            for row in read_rows(file, tenant.customer_id, tenant.import_settings):
-                bar.update(row.line - done)
-                done = row.line
+            for row in rows:
+                bar.update(max(row.line - done, 0))
+                done = max(done, row.line)
                 if row.payload is None:
-                    counts["unusable"] += 1
-                    problems.append((row.line, row.problem or "unusable"))
+                    result.unusable += 1
+                    if len(result.problems) < SHOWN_PROBLEMS:
+                        result.problems.append((row.line, row.problem or "unusable"))
+                    else:
+                        result.more_problems += 1
                     continue
-                body = orjson.dumps(row.payload)
-                batch.append(NewEvent(slug, IMPORT_EVENT, row.payload["id"], "upsert", body,
-                                      targets))  # fmt: skip
-                if len(batch) >= 500:
-                    await flush()
-            await flush()
-            bar.update(lines - done)
-    return counts, problems
+                result.rows += 1
+                if not result.unusable:  # once refused, the events are not needed
+                    body = orjson.dumps(row.payload)
+                    events.append(NewEvent(slug, IMPORT_EVENT, row.payload["id"], "upsert", body,
+                                           targets))  # fmt: skip
+            bar.update(max(lines - done, 0))
+    except OSError as exc:  # the file vanished, or cannot be read: nothing stored
+        result.status, result.error = "refused", f"cannot read {file}: {exc}"
+        return result
+    if result.unusable:
+        result.status = "refused"
+        return result
+    if not events:
+        return result  # a header and no rows: nothing to do, and nothing wrong
+    try:
+        async with opened_store(config) as store:
+            with click.progressbar(length=len(events), label="importing", file=progress,
+                                   show_pos=True) as bar:  # fmt: skip
+                for at in range(0, len(events), BATCH):
+                    batch = events[at : at + BATCH]
+                    outcomes = Counter(one.status for one in await store.append_many(batch))
+                    result.queued += outcomes["queued"]
+                    result.duplicate += outcomes["duplicate"]
+                    result.dropped += outcomes["dropped"]
+                    bar.update(len(batch))
+    except Exception as exc:  # the store failed (or could not open): say how far it got
+        result.status, result.error = "stopped", f"cannot store: {exc}"
+    return result

@@ -23,9 +23,9 @@ from connector.cli.base import (
     print_json,
     table,
 )
-from connector.config import Config, Target
+from connector.config import Config, Target, default_config_path, load_config
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
-from connector.observability import configure_logging
+from connector.observability import configure_logging, get_logger
 from connector.payloads import CONTACT_EVENTS, PAYLOAD_SCHEMAS
 from connector.receiver import describe
 from connector.runtime import server_runner
@@ -45,16 +45,23 @@ def serve(
     config_path: Path | None, host: str | None, port: int | None, log_format: str, log_level: str
 ) -> None:
     """Receive webhooks and deliver them until SIGTERM/SIGINT, then drain."""
-    from connector.service import Service
+    from connector.service import Service, StartupError
 
     configure_logging(log_format, log_level)
-    config = load(config_path)
+    # Whatever stops it is one log line (JSON when the log is), never a bare traceback.
+    log = get_logger("connector.serve")
     try:
+        config = load_config(config_path or default_config_path())
         with server_runner() as runner:
             runner.run(Service(config).run(host, port))
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
+        log.error("cannot start", problems=exc.problems)
+        sys.exit(1)
+    except StartupError as exc:
+        log.error("cannot start", error=str(exc))
+        sys.exit(1)
+    except Exception:  # a bug: its traceback is a field of the line
+        log.exception("stopped by an unexpected error")
         sys.exit(1)
 
 

@@ -29,6 +29,7 @@ def open_store(
             exclusive=exclusive,
             dedupe_window=settings.dedupe_hours * 3600,
             schema=policy,
+            max_size_mb=settings.max_size_mb,
         )
     if url.startswith(POSTGRES_SCHEMES):
         try:

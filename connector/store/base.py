@@ -281,6 +281,11 @@ class Store(ABC):
         """Record outcomes. Results for items whose lease was lost are ignored."""
 
     @abstractmethod
+    async def renew(self, claim: Claim, lease: float) -> bool:
+        """Extend the claim's lease to ``lease`` seconds from now; False when it holds no row
+        any more (its lease ran out and another claim took them)."""
+
+    @abstractmethod
     async def next_due(self, target: str) -> float | None:
         """When the earliest row of ``target`` becomes due (or its lease ends), if any."""
 
@@ -365,3 +370,10 @@ class Store(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
+
+    async def probe_write(self) -> None:
+        """Raise if the store cannot take a write now; leaves nothing behind.
+
+        Readiness asks it while appends fail. By default, whether the store answers at all.
+        """
+        await self.ping()

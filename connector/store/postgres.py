@@ -27,7 +27,8 @@ The model and the semantics are those of :mod:`connector.store.sqlite` (see
 may set the connection pool's sizes (``pool_min_size``, ``pool_max_size``); any other parameter is
 a server setting for every connection (``?search_path=connector`` keeps the tables in a schema of
 their own). Times are the replicas' clocks (seconds since the epoch), as with SQLite: keep the
-replicas' clocks in sync (NTP); a lease is 600 seconds, so a skew of seconds is harmless.
+replicas' clocks in sync (NTP); a lease is renewed every few seconds and a write stops
+4 seconds before it would run out, so keep the skew under that.
 """
 
 from __future__ import annotations
@@ -497,6 +498,7 @@ Q_COUNT_DELIVERED = """
     INSERT INTO targets AS t (target, delivered, unchanged) VALUES ($1, $2, $3)
     ON CONFLICT (target) DO UPDATE SET delivered = t.delivered + excluded.delivered,
         unchanged = t.unchanged + excluded.unchanged"""
+Q_RENEW = "UPDATE queue SET due_at = $1 WHERE target = $2 AND claim = $3"
 Q_NEXT_DUE = "SELECT MIN(due_at) FROM queue WHERE target = $1"
 # Only leases that ran out: the live ones belong to replicas still pushing them.
 Q_RECOVER = f"""
@@ -943,6 +945,10 @@ class PostgresStore(Store):
                 await conn.execute(Q_ATTEMPTS, target, now, *map(list, zip(*attempts, strict=True)))
             if delivered or unchanged:
                 await conn.execute(Q_COUNT_DELIVERED, target, delivered, unchanged)
+
+    async def renew(self, claim: Claim, lease: float) -> bool:
+        status = await self.pool.execute(Q_RENEW, time.time() + lease, claim.target, claim.token)
+        return _rowcount(status) > 0
 
     async def next_due(self, target: str) -> float | None:
         due: float | None = await self.pool.fetchval(Q_NEXT_DUE, target)

@@ -240,6 +240,7 @@ Q_COUNT_DELIVERED = """
     INSERT INTO targets (target, delivered, unchanged) VALUES (?, ?, ?)
     ON CONFLICT (target) DO UPDATE SET delivered = delivered + excluded.delivered,
         unchanged = unchanged + excluded.unchanged"""
+Q_RENEW = "UPDATE queue SET due_at = ? WHERE target = ? AND claim = ?"
 Q_NEXT_DUE = "SELECT MIN(due_at) FROM queue WHERE target = ?"
 Q_RECOVER = f"""
     UPDATE queue SET {UNCLAIM}, due_at = ?
@@ -256,6 +257,10 @@ Q_STATUS_QUEUE = """
 Q_STATUS_DEAD = """
     SELECT target, COUNT(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY target"""
 Q_STATUS_TARGETS = "SELECT target, delivered, paused_reason, paused_until, unchanged FROM targets"
+# probe_write's row: deleted again in the same transaction, so no reader ever sees it.
+Q_PROBE_WRITE = """
+    INSERT INTO events (event_id, tenant, contact_id, event_type, op, payload, received_at, digest)
+    VALUES ('', '', '', '', '', zeroblob(?), 0, 0)"""
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
@@ -309,9 +314,11 @@ class SQLiteStore(Store):
         exclusive: bool = False,
         dedupe_window: float = 86_400.0,
         schema: SchemaPolicy = "migrate",
+        max_size_mb: float | None = None,
     ) -> None:
         self.path = path
         self.exclusive = exclusive
+        self.max_size_mb = max_size_mb  # the file's size cap (store.max_size_mb): then "full"
         self.dedupe_window = dedupe_window
         self.schema = schema
         self._ops: asyncio.Queue[Operation | None] | None = None
@@ -423,6 +430,9 @@ class SQLiteStore(Store):
         # Index pages of random keys (contacts, digests) stay in memory instead of being read
         # back from the file at every webhook.
         conn.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
+        if self.max_size_mb is not None:  # writes past it fail as on a full disk (SQLITE_FULL)
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(int(self.max_size_mb * 2**20 // page), 1)}")
         if self.exclusive:  # the checkpoint thread copies the WAL back; commits do not
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit_mb * 2**20}")
@@ -530,6 +540,10 @@ class SQLiteStore(Store):
     async def complete(self, claim: Claim, results: Sequence[Result]) -> None:
         await self._call(_complete, claim, results, time.time())
 
+    async def renew(self, claim: Claim, lease: float) -> bool:
+        params = (time.time() + lease, claim.target, claim.token)
+        return await self._call(_rowcount, Q_RENEW, params) > 0
+
     async def next_due(self, target: str) -> float | None:
         return await self._call(_scalar, Q_NEXT_DUE, (target,))
 
@@ -598,6 +612,11 @@ class SQLiteStore(Store):
     async def ping(self) -> None:
         await self._call(_scalar, "SELECT 1", ())
 
+    async def probe_write(self) -> None:
+        # A commit that needs fresh pages, as an append does: fails while the disk (or
+        # max_size_mb) is full. Plain SELECT 1 still works then.
+        await self._call(_probe_write, PROBE_BYTES)
+
 
 def _execute(conn: sqlite3.Connection, batch: list[Operation]) -> list[Settled]:
     """Run a group's operations in the open transaction; appends together in a few statements."""
@@ -608,6 +627,16 @@ def _execute(conn: sqlite3.Connection, batch: list[Operation]) -> list[Settled]:
         results = [(fut, a, None) for (_, fut), a in zip(appends, accepted, strict=True)]
     results += [(fut, fn(conn, *args), None) for fn, args, fut in batch if fn is not _append]
     return results
+
+
+PROBE_BYTES = 64 * 1024  # more than a webhook needs: a probe that passes leaves room for one
+
+
+def _probe_write(conn: sqlite3.Connection, size: int) -> None:
+    """Write a row of ``size`` bytes and delete it in the same transaction: nothing is left but
+    a few free pages, which the next appends reuse."""
+    seq = conn.execute(Q_PROBE_WRITE, (size,)).lastrowid
+    conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
 
 
 def _settle(results: list[Settled]) -> None:
