@@ -124,11 +124,11 @@ class Service:
         self._reloading = asyncio.Lock()
         self.port: int | None = None
 
-    def notify(self, tenant: str) -> None:
-        """New events for ``tenant``: wake its workers."""
+    def notify(self, tenant: str, events: int = 1) -> None:
+        """New events for ``tenant`` (queued here or by another replica): wake its workers."""
         for worker in self.workers.values():
             if worker.target.tenant == tenant:
-                worker.notify()
+                worker.notify(events)
 
     async def readiness_problem(self) -> str | None:
         if not self.accepting:
@@ -177,6 +177,7 @@ class Service:
         for target in self.config.targets:
             if target.settings.enabled:
                 await self._start_worker(target)
+        self.store.watch(self.notify)  # events other replicas queue wake these workers too
 
         server = self.config.server
         self._runner = web.AppRunner(

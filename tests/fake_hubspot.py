@@ -822,7 +822,9 @@ class FakeHubSpot:
         if self.app.frozen:  # an aiohttp app serves once: a restart needs a new one
             self.app = self.make_app()
         # handler_cancellation=False: a request whose client went away is processed to the end
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=False, shutdown_timeout=1.0
+        )  # a hanging answer ends the test
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
         await site.start()

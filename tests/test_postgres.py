@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
+from connector import delivery
 from connector.config import load_config
 from connector.service import Service
 from connector.store.base import Accepted, Claim, NewEvent, Result
@@ -372,3 +374,43 @@ async def test_a_hold_seen_by_one_replica_holds_them_all(replicas: Replicas) -> 
     (held,) = await eventually(lambda: fetch(a.url, "SELECT until FROM rate_holds"))
     await b.rate_limiter("account-1", 100, 1).acquire()
     assert time.time() >= held["until"] - 0.01  # b did not start before the hold ended
+
+
+async def test_work_queued_at_another_replica_wakes_an_idle_one_at_once(
+    schema_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polling alone would not find the events before the wait below gives up.
+    monkeypatch.setattr(delivery, "IDLE_POLL", 3600.0)
+    service = Service(load_config(write_config(tmp_path, store={"url": schema_url})))
+    await service.start()
+    other = PostgresStore(schema_url)  # another replica's receiver
+    await other.open()
+    try:
+        fake = fake_adapter(service)
+        worker = service.workers["demo/fake"]
+        await eventually(lambda: worker.wake.is_set() is False and not fake.in_flight)
+
+        async def queue(n: int, **fields: Any) -> None:
+            body = orjson.dumps(contact(n, **fields))
+            created = NewEvent("demo", "contact-created", contact(n)["id"], "upsert", body,
+                               ("demo/fake",))  # fmt: skip
+            assert (await other.append(created)).status == "queued"
+
+        await queue(1)
+        await eventually(lambda: contact(1)["id"] in fake.contacts)
+        # The listening connection dropped (a database restart, a proxy): it comes back.
+        listeners = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+        for row in await fetch(schema_url, listeners):
+            await fetch(schema_url, "SELECT pg_terminate_backend($1)", row[0])
+
+        tries = iter(range(1000))
+
+        async def heard_again() -> bool:
+            await queue(2, lastName=f"try {next(tries)}")  # a change each time, not a duplicate
+            await asyncio.sleep(0.5)
+            return contact(2)["id"] in fake.contacts
+
+        await eventually(heard_again)
+    finally:
+        await other.close()
+        await service.stop()

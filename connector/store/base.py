@@ -24,7 +24,7 @@ import hashlib
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -284,6 +284,10 @@ class Store(ABC):
     async def renew(self, claim: Claim, lease: float) -> bool:
         """Extend the claim's lease to ``lease`` seconds from now; False when it holds no row
         any more (its lease ran out and another claim took them)."""
+
+    @abstractmethod
+    def watch(self, queued: Callable[[str, int], None]) -> None:
+        """Call ``queued(tenant, events)`` when another process queues events for ``tenant``."""
 
     @abstractmethod
     async def next_due(self, target: str) -> float | None:

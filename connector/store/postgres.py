@@ -20,6 +20,10 @@ The model and the semantics are those of :mod:`connector.store.sqlite` (see
 * ``complete`` takes the same contact locks (sorted, as appends take theirs, so the two never
   deadlock), then locks the claimed rows and decides, as SQLite does, whether newer events arrived
   during the push.
+* New work wakes idle replicas at once: after an append commits, the process announces how many
+  events it queued per tenant (``pg_notify`` on a channel of the schema; announcements made while
+  one is being sent go out together as the next one), and every other replica LISTENs on a
+  connection of its own. While that connection is down, workers fall back to polling.
 * Migrations run under a session advisory lock on the schema: replicas starting together apply
   them once. The version is the highest row of ``schema_migrations``.
 
@@ -39,11 +43,12 @@ import hashlib
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from connector.errors import ConfigError
@@ -498,6 +503,7 @@ Q_COUNT_DELIVERED = """
     INSERT INTO targets AS t (target, delivered, unchanged) VALUES ($1, $2, $3)
     ON CONFLICT (target) DO UPDATE SET delivered = t.delivered + excluded.delivered,
         unchanged = t.unchanged + excluded.unchanged"""
+Q_NOTIFY = "SELECT pg_notify($1, payload) FROM unnest($2::TEXT[]) AS payload"
 Q_RENEW = "UPDATE queue SET due_at = $1 WHERE target = $2 AND claim = $3"
 Q_NEXT_DUE = "SELECT MIN(due_at) FROM queue WHERE target = $1"
 # Only leases that ran out: the live ones belong to replicas still pushing them.
@@ -686,6 +692,12 @@ class PostgresStore(Store):
         self._writers: set[asyncio.Task[None]] = set()
         self._sending = 0  # writers at work
         self._limiters: dict[tuple[str, int, float], RateLimiter] = {}
+        # New work, announced to the other replicas (see the module's docstring).
+        self._instance = secrets.token_hex(8)  # to tell our own announcements apart
+        self._channel = ""  # named after the schema at open: schemas sharing a database differ
+        self._unannounced: dict[str, int] = {}  # events queued per tenant, not announced yet
+        self._announcer: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({redacted(self.url)!r})"
@@ -705,11 +717,20 @@ class PostgresStore(Store):
                 problem = schema_problem(redacted(self.url), version, len(MIGRATIONS))
                 if problem:
                     raise ConfigError(problem)
+            async with self._pool.acquire() as conn:
+                schema = await conn.fetchval("SELECT current_schema()")
+            digest = hashlib.sha256(str(schema).encode()).hexdigest()[:16]
+            self._channel = f"mimeeq_connector_{digest}"  # identifiers stop at 63 bytes
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        for task in (self._listener, self._announcer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._writers:  # appends accepted before close are stored first
             await asyncio.gather(*self._writers, return_exceptions=True)
         if self._pool is not None:
@@ -833,7 +854,55 @@ class PostgresStore(Store):
             now - self.dedupe_window,
             DROPPED_AFTER_DELETE,
         )
-        return [_accepted(status, event_id) for status, event_id in rows]
+        accepted = [_accepted(status, event_id) for status, event_id in rows]
+        for event, answer in zip(events, accepted, strict=True):
+            if answer.status == "queued":
+                self._unannounced[event.tenant] = self._unannounced.get(event.tenant, 0) + 1
+        if self._unannounced and (self._announcer is None or self._announcer.done()):
+            self._announcer = asyncio.create_task(self._announce(), name="postgres-announce")
+        return accepted
+
+    async def _announce(self) -> None:
+        """Tell the other replicas what was queued; what is queued meanwhile goes next."""
+        while self._unannounced and self._channel:
+            counts, self._unannounced = self._unannounced, {}
+            payloads = [orjson.dumps([self._instance, t, n]).decode() for t, n in counts.items()]
+            try:
+                await self.pool.execute(Q_NOTIFY, self._channel, payloads)
+            except Exception:  # the others find the events when they poll
+                return
+
+    def watch(self, queued: Callable[[str, int], None]) -> None:
+        self._listener = asyncio.create_task(self._listen(queued), name="postgres-listen")
+
+    async def _listen(self, queued: Callable[[str, int], None]) -> None:
+        """LISTEN on a connection of its own, connected again whenever it drops."""
+
+        def heard(conn: object, pid: int, channel: str, payload: object) -> None:
+            try:
+                instance, tenant, events = orjson.loads(str(payload))
+            except (orjson.JSONDecodeError, ValueError):
+                return
+            if instance != self._instance:
+                queued(str(tenant), int(events))
+
+        pause = 1.0
+        while True:
+            conn: asyncpg.Connection[asyncpg.Record] | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                await conn.add_listener(self._channel, heard)
+                pause = 1.0
+                await lost.wait()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass  # not reachable now: workers poll meanwhile
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
 
     async def claim(self, target: str, limit: int, lease: float) -> Claim:
         token = secrets.randbits(62)

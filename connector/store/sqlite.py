@@ -540,6 +540,9 @@ class SQLiteStore(Store):
     async def complete(self, claim: Claim, results: Sequence[Result]) -> None:
         await self._call(_complete, claim, results, time.time())
 
+    def watch(self, queued: Callable[[str, int], None]) -> None:
+        """One process uses the file: its receiver wakes its workers directly."""
+
     async def renew(self, claim: Claim, lease: float) -> bool:
         params = (time.time() + lease, claim.target, claim.token)
         return await self._call(_rowcount, Q_RENEW, params) > 0
