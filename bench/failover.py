@@ -9,13 +9,14 @@ SIGKILL leaves). It dies at a random moment between two renewals, as a real one 
 figure is from the death to the push of that contact by the surviving replica, with default
 settings.
 
-    python bench/failover.py [--rounds 20] [--postgres URL]
+    python bench/failover.py [--rounds 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import sys
@@ -52,12 +53,15 @@ async def pushed(fake: FakeAdapter, contact_id: str, before: int) -> float:
     return time.perf_counter()
 
 
-def report(name: str, seconds: list[float]) -> None:
+def report(name: str, seconds: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000 for s in seconds)
+    figures = {"median_ms": statistics.median(ms), "p90_ms": ms[int(len(ms) * 0.9) - 1],
+               "max_ms": ms[-1]}  # fmt: skip
     print(
-        f"{name}: median {statistics.median(ms):.1f} ms, "
-        f"p90 {ms[int(len(ms) * 0.9) - 1]:.1f} ms, max {ms[-1]:.1f} ms ({len(ms)} rounds)"
+        f"{name}: median {figures['median_ms']:.1f} ms, p90 {figures['p90_ms']:.1f} ms, "
+        f"max {figures['max_ms']:.1f} ms ({len(ms)} rounds)"
     )
+    return figures
 
 
 async def main(rounds: int) -> None:
@@ -87,7 +91,7 @@ async def main(rounds: int) -> None:
                 wakes.append(time.perf_counter() - stored)
                 print(f"\rwake-up {n + 1}/{rounds}", end="", file=sys.stderr, flush=True)
             print(file=sys.stderr)
-            report("idle replica wakes for new work", wakes)
+            wake = report("idle replica wakes for new work", wakes)
 
             failovers: list[float] = []
             n = 1000
@@ -104,7 +108,8 @@ async def main(rounds: int) -> None:
                 failovers.append(await pushed(fake, contact_id, done) - died)
                 print(f"\rfailover {len(failovers)}/{rounds}", end="", file=sys.stderr, flush=True)
             print(file=sys.stderr)
-            report("a dead replica's contact pushed by another", failovers)
+            failover = report("a dead replica's contact pushed by another", failovers)
+            print(json.dumps({"bench": "failover", "wake": wake, "failover": failover}))
         finally:
             await dead.close()
             await other.close()
