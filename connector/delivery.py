@@ -57,6 +57,7 @@ LEASE = 10.0  # seconds a claim holds unless renewed: a dead replica's contacts 
 RENEW_EVERY = 2.0  # seconds between two renewals of the claims being pushed
 LEASE_MARGIN = 4.0  # no write later than this before an unrenewed lease runs out
 RECORD_RETRY_MAX = 5.0  # longest wait between two tries to record a push's outcomes
+RECORD_RETRY_FOR = 120.0  # seconds of such tries before the claim is left to run out
 IDLE_POLL = 5.0  # longest sleep with nothing due; new events wake the worker at once
 PROBE_INTERVAL = 60.0  # how often a paused target is tried again when it gave no time
 TROUBLE_LOGGED_EVERY = 60.0  # seconds between two log lines about the same error
@@ -174,6 +175,8 @@ class TargetWorker:
         kind = f"{message}: {type(exc).__name__}: {exc}"
         now = time.monotonic()
         if self._troubles.get(kind, -math.inf) + TROUBLE_LOGGED_EVERY <= now:
+            if len(self._troubles) > 100:  # messages that vary without end: start over
+                self._troubles.clear()
             self._troubles[kind] = now
             self._log.error(message, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
@@ -195,13 +198,16 @@ class TargetWorker:
 
     async def _record_outcomes(self, claim: Claim, results: list[Result]) -> None:
         """Record a push's outcomes, trying again while the store fails (the heartbeat keeps
-        the claim meanwhile): without them, the contacts would be pushed again."""
-        delay = 0.5
+        the claim meanwhile): without them, the contacts would be pushed again. After
+        ``RECORD_RETRY_FOR`` seconds the claim is left to run out: the contacts go round again."""
+        delay, give_up = 0.5, time.monotonic() + RECORD_RETRY_FOR
         while True:
             try:
                 await self.store.complete(claim, results)
                 return
             except Exception as exc:
+                if time.monotonic() >= give_up:
+                    raise
                 self._trouble("could not record outcomes; trying again", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECORD_RETRY_MAX)
