@@ -81,6 +81,26 @@ def assert_refused(status: int, body: dict[str, Any], headers: Any) -> None:
     assert int(headers["Retry-After"]) > 0
 
 
+class Sender:
+    """Posts webhooks to one server: which were acknowledged, how many refused (503)."""
+
+    def __init__(self, http: aiohttp.ClientSession, server: ServerProcess) -> None:
+        self.http, self.server = http, server
+        self.acked: set[str] = set()
+        self.refused = 0
+        self.statuses: list[int] = []
+
+    async def send(self, n: int) -> int:
+        status, body, headers = await post(self.http, self.server, n)
+        self.statuses.append(status)
+        if status == 202:
+            self.acked.add(contact(n)["id"])
+        else:
+            assert_refused(status, body, headers)
+            self.refused += 1
+        return status
+
+
 async def readyz(http: aiohttp.ClientSession, server: ServerProcess) -> tuple[int, Any]:
     async with http.get(f"{server.url}/readyz") as response:
         return response.status, await response.json()
@@ -140,23 +160,13 @@ async def test_a_full_sqlite_store_answers_503_until_there_is_room_again(
     server = server_process(write_config(tmp_path, {"url": "sqlite:///connector.db",
                                                     "max_size_mb": 1}))  # fmt: skip
     server.start()
-    acked: set[str] = set()
-    refused = 0
     async with aiohttp.ClientSession() as http:
-
-        async def send(n: int) -> int:
-            nonlocal refused
-            status, body, headers = await post(http, server, n)
-            if status == 202:
-                acked.add(contact(n)["id"])
-            else:
-                assert_refused(status, body, headers)
-                refused += 1
-            return status
+        sender = Sender(http, server)
+        send = sender.send
 
         for n in range(5):
             assert await send(n) == 202
-        await eventually(lambda: sheet_ids(tmp_path) == acked)
+        await eventually(lambda: sheet_ids(tmp_path) == sender.acked)
 
         fill(db, 1)
         started = time.monotonic()
@@ -171,7 +181,7 @@ async def test_a_full_sqlite_store_answers_503_until_there_is_room_again(
             assert await send(n) == 503
         status, ready = await readyz(http, server)
         assert status == 503 and "database or disk is full" in ready["reason"], ready
-        assert await events_counted(http, server, "store_unavailable") == refused
+        assert await events_counted(http, server, "store_unavailable") == sender.refused
         busy_seconds = time.monotonic() - started
 
         make_room(db)
@@ -184,19 +194,21 @@ async def test_a_full_sqlite_store_answers_503_until_there_is_room_again(
         await eventually(ready_again)  # by itself: no webhook needed
         for n in range(2000, 2010):
             assert await send(n) == 202
-        await eventually(lambda: sheet_ids(tmp_path) == acked, 2 * DEADLINE)
+        await eventually(lambda: sheet_ids(tmp_path) == sender.acked, 2 * DEADLINE)
     assert server.stop() == 0
 
     with contextlib.closing(sqlite3.connect(db)) as conn:
         stored = {row[0] for row in conn.execute("SELECT contact_id FROM events")}
-    assert acked <= stored
+    assert sender.acked <= stored
     entries = log_lines(server.log)
     failures = [e for e in entries if e["event"] == STORE_FULL_LINE]
     assert 1 <= len(failures) <= busy_seconds + 2, failures  # a line a second at most
-    assert sum(e["refused"] for e in failures) == refused
+    assert sum(e["refused"] for e in failures) == sender.refused
     assert all("database or disk is full" in e["error"] for e in failures)
     assert all("exception" not in e for e in failures)  # an expected failure: no traceback
-    assert [e["refused"] for e in entries if e["event"] == "the store writes again"] == [refused]
+    assert [e["refused"] for e in entries if e["event"] == "the store writes again"] == [
+        sender.refused
+    ]
 
 
 # --- Start-up failures: one JSON line, a non-zero exit ------------------------------------------
@@ -337,19 +349,10 @@ async def test_postgres_connections_terminated_answer_503_never_500(
         server = server_process(write_config(tmp_path, store))
         server.start()
         admin = await asyncpg.connect(url)
-        acked: set[str] = set()
-        statuses: list[int] = []
         try:
             async with aiohttp.ClientSession() as http:
-
-                async def send(n: int) -> int:
-                    status, body, headers = await post(http, server, n)
-                    statuses.append(status)
-                    if status == 202:
-                        acked.add(contact(n)["id"])
-                    else:
-                        assert_refused(status, body, headers)
-                    return status
+                sender = Sender(http, server)
+                send = sender.send
 
                 async def terminate() -> None:
                     for _ in range(5):
@@ -362,7 +365,7 @@ async def test_postgres_connections_terminated_answer_503_never_500(
                     assert await send(n) == 202
                 # Cut every connection, again and again, while webhooks keep coming.
                 await asyncio.gather(terminate(), *(send(n) for n in range(100, 200)))
-                assert set(statuses) <= {202, 503}
+                assert set(sender.statuses) <= {202, 503}
 
                 async def accepted(n: int) -> bool:
                     return await send(n) == 202
@@ -373,9 +376,9 @@ async def test_postgres_connections_terminated_answer_503_never_500(
             await admin.close()
         # A 503 may come for an event stored after all (the connection died before the answer):
         # the sender's redelivery is then a duplicate. A 202 always means stored.
-        await eventually(lambda: acked <= sheet_ids(tmp_path), 2 * DEADLINE)
+        await eventually(lambda: sender.acked <= sheet_ids(tmp_path), 2 * DEADLINE)
         assert server.stop() == 0
-        assert acked <= await stored_contacts(url)
+        assert sender.acked <= await stored_contacts(url)
     log_lines(server.log)  # every line JSON, the asyncpg pool's own messages included
 
 
@@ -386,21 +389,11 @@ async def test_postgres_refusing_connections_answers_503_and_recovers(
         proxy = Proxy(url)
         await proxy.start()
         server = server_process(write_config(tmp_path, {"url": via(url, proxy.port)}))
-        acked: set[str] = set()
-        refused = 0
         try:
             await asyncio.to_thread(server.start)  # the proxy needs this loop meanwhile
             async with aiohttp.ClientSession() as http:
-
-                async def send(n: int) -> int:
-                    nonlocal refused
-                    status, body, headers = await post(http, server, n)
-                    if status == 202:
-                        acked.add(contact(n)["id"])
-                    else:
-                        assert_refused(status, body, headers)
-                        refused += 1
-                    return status
+                sender = Sender(http, server)
+                send = sender.send
 
                 for n in range(5):
                     assert await send(n) == 202
@@ -410,7 +403,7 @@ async def test_postgres_refusing_connections_answers_503_and_recovers(
                 status, ready = await readyz(http, server)
                 assert status == 503, ready
                 # Metrics are served all the same: the refusals are counted.
-                assert await events_counted(http, server, "store_unavailable") == refused
+                assert await events_counted(http, server, "store_unavailable") == sender.refused
 
                 await proxy.start()
 
@@ -422,14 +415,14 @@ async def test_postgres_refusing_connections_answers_503_and_recovers(
                 await eventually(ready_again)
                 for n in range(200, 210):
                     assert await send(n) == 202
-            await eventually(lambda: acked <= sheet_ids(tmp_path), 2 * DEADLINE)
+            await eventually(lambda: sender.acked <= sheet_ids(tmp_path), 2 * DEADLINE)
             assert await asyncio.to_thread(server.stop) == 0
         finally:
             await proxy.stop()
-        assert acked <= await stored_contacts(url)
+        assert sender.acked <= await stored_contacts(url)
     entries = log_lines(server.log)
     failures = [e for e in entries if e["event"] == STORE_FULL_LINE]
-    assert sum(e["refused"] for e in failures) == refused
+    assert sum(e["refused"] for e in failures) == sender.refused
     assert len(failures) <= 10, failures
 
 
