@@ -22,15 +22,23 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
+# The dependencies first, in a layer of their own that a code change does not rebuild: exactly
+# the versions in requirements.lock (`make lock` writes it), every file checked against its hash,
+# so two builds months apart install the same set. Every one ships wheels for linux/amd64 and
+# linux/arm64 (aiohttp, orjson, pydantic-core, uvloop, asyncpg, ...): no compiler is needed.
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
+
+# Then the project alone (--no-deps: nothing unlocked sneaks in); `pip check` fails the build
+# when the lock no longer satisfies pyproject.toml. pip compiles the bytecode here, once, so the
+# read-only runtime never needs to. pip and setuptools are not needed at run time: out of the
+# venv they go (the base image keeps its own pip).
 # Only what the package needs (see .dockerignore): pyproject.toml names README.md as its readme.
 COPY pyproject.toml README.md ./
 COPY connector/ connector/
 COPY adapters/ adapters/
-# Every dependency ships wheels for linux/amd64 and linux/arm64 (aiohttp, orjson, pydantic-core,
-# uvloop, asyncpg, ...), so no compiler is needed. The versions are pyproject.toml's ranges. pip
-# compiles the bytecode here, once, so the read-only runtime never needs to. pip and setuptools
-# are not needed at run time: out of the venv they go (the base image keeps its own pip).
-RUN /opt/venv/bin/pip install . \
+RUN /opt/venv/bin/pip install --no-deps . \
+    && /opt/venv/bin/python -m pip check \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
     && /opt/venv/bin/mimeeq-connector --version
 

@@ -4,7 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 
-.PHONY: run test lint clean audit
+# Exact versions and hashes of every dependency (Linux, Python 3.11: the image's), installed
+# before the project itself with --no-deps, so every venv and image gets the same set.
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+
+.PHONY: run test lint clean audit lock
 
 run: $(VENV)/.installed-run
 	$(BIN)/mimeeq-connector serve --config $(CONFIG)
@@ -52,13 +57,28 @@ $(VENV)/.created:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	touch $@
 
-$(VENV)/.installed-run: $(VENV)/.created pyproject.toml
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed-run: $(VENV)/.created $(LOCK) pyproject.toml
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check  # a lock that no longer satisfies pyproject.toml: run `make lock`
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: $(VENV)/.created $(DEV_LOCK) pyproject.toml
+	$(BIN)/pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $@ $(VENV)/.installed-run
+
+# Re-resolve both lock files to the newest versions pyproject.toml allows (README: "Updating
+# dependencies"). The dev lock is constrained by the runtime one, so the two never disagree on a
+# version; markers are resolved for this machine, hence the Python 3.11 check.
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --upgrade \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+
+lock: $(VENV)/.installed-dev
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "make lock needs Python 3.11, the image'"'"'s")'
+	$(PIP_COMPILE) --output-file $(LOCK) pyproject.toml
+	$(PIP_COMPILE) --extra dev --constraint $(LOCK) --output-file $(DEV_LOCK) pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -1,11 +1,24 @@
-"""Compile a JMESPath expression into nested Python closures, once.
+"""Compile a JMESPath expression into nested Python closures, once: the one JMESPath engine.
 
 ``jmespath.search`` walks the AST with a generic visitor on every call, which dominates the cost
 of mapping a record. Here each AST node becomes a closure that does exactly what
 ``jmespath.visitor.TreeInterpreter`` does for that node (same truthiness, same equality quirks,
 same ``None`` results), so ``compile_expression(e)(data) == jmespath.search(e, data)``. Function
 calls reuse jmespath's own function table; any node type not handled here falls back to the
-interpreter for that subtree.
+interpreter for that subtree. Unknown functions, wrong arity and a zero slice step are reported
+at compile time, so a bad mapping fails at load rather than on its first record.
+
+Why a compiler rather than stock jmespath: ``python bench/mapping.py`` maps the shipped HubSpot
+mapping on both engines in one run (AMD EPYC, 2 cores, Python 3.11.7, jmespath 1.1.0): 216,364
+records/s compiled against 19,856 records/s with each field's getter ``jmespath.compile(e).search``
+(4.6 us against 50 us per record, 10.9x), and the hand-written Python function does 586,773. Stock
+would cost ten times the CPU per record, far beyond the 15% we would trade for fewer lines.
+
+The price is that this module reads jmespath's internals (the parse tree's shape,
+``Functions.FUNCTION_TABLE``, ``visitor._Expression``): pyproject.toml pins jmespath to one minor
+release, and tests/test_jmespath_compile.py checks this module against ``jmespath.search`` on
+expressions and payloads that hypothesis generates. Use it everywhere JMESPath is evaluated
+(mappings and the REST adapter) so the product has one JMESPath behaviour.
 """
 
 from __future__ import annotations
