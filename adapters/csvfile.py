@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from connector.errors import ConfigError, RetryableError
+from connector.errors import ConfigError
 from connector.targets import (
     Adapter,
     ConfigPath,
@@ -29,8 +29,10 @@ from connector.targets import (
     Delivered,
     Outcome,
     Record,
+    Retry,
     TargetContext,
     TargetSettings,
+    Undelivered,
 )
 
 if TYPE_CHECKING:
@@ -87,23 +89,20 @@ def _unescaped(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and _escaped(cell[1:]) == cell else cell
 
 
-class CsvAdapter(Adapter):
+class CsvAdapter(Adapter[CsvSettings]):
     type = "csv"
     settings_model = CsvSettings
     max_batch_size = 10_000
     default_linger = 0.2  # every push rewrites the file: gather bursts
 
-    settings: CsvSettings
     # Retries of one rewrite within a push (disk full, file locked by a spreadsheet program).
     write_attempts: int = 3
     write_retry_wait: float = 0.2
 
-    def __init__(self, settings: TargetSettings, context: TargetContext) -> None:
-        if not isinstance(settings, CsvSettings):
-            raise TypeError(f"CsvAdapter needs CsvSettings, got {type(settings).__name__}")
+    def __init__(self, settings: CsvSettings, context: TargetContext) -> None:
         super().__init__(settings, context)
         key = settings.key_column
-        self.columns: list[str] = [key, *(f for f in context.mapping.fields if f != key)]
+        self.columns: list[str] = [key, *(f for f in context.fields if f != key)]
         self._value_columns = self.columns[1:]
         self.writes = 0  # file rewrites so far (tests and benchmarks count them)
         # key cell → the row's final cell strings. Rows are replaced, never mutated, so a writer
@@ -150,7 +149,7 @@ class CsvAdapter(Adapter):
         error = await self._flush()
         if error is not None:
             # Memory keeps the changes; the next rewrite includes them, and the worker retries.
-            raise RetryableError(error)
+            raise Undelivered(Retry(error))
         return outcomes
 
     async def _flush(self) -> str | None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from connector.targets import Adapter, Delivered, Outcome, Record
+from connector.targets import Adapter, Delivered, Outcome, Record, TargetSettings
 
 
-class NullAdapter(Adapter):
+class NullAdapter(Adapter[TargetSettings]):
     type = "null"
     max_batch_size = 1000
 

@@ -41,7 +41,7 @@ from connector.config import load_config
 from connector.observability import configure_logging
 from connector.runtime import server_runner
 from connector.service import Service
-from tests.fake_hubspot import FakeHubSpot
+from fake_hubspot import FakeHubSpot
 
 TOKEN = "bench-token-0123456789"
 HS_TOKEN = "hs-bench"
@@ -134,7 +134,7 @@ REMOTE_FAKE = """
 import asyncio, sys
 from aiohttp import web
 sys.path.insert(0, sys.argv[1])
-from tests.fake_hubspot import FakeHubSpot
+from fake_hubspot import FakeHubSpot
 
 async def main() -> None:
     fake = FakeHubSpot(token=sys.argv[2], rate_limit=int(sys.argv[3]), interval=float(sys.argv[4]),

@@ -1,7 +1,7 @@
 """Mapping benchmark: records mapped per second with the shipped HubSpot mapping.
 
 Measured in the same run on both JMESPath engines: the closure compiler the mapping uses
-(``connector._jmespath_compile``) and stock jmespath (each field's getter is
+(``connector.jmespath_compiler``) and stock jmespath (each field's getter is
 ``jmespath.compile(expr).search``, everything else in the mapping the same). Both are compared
 with a hand-written Python function that produces exactly the same record (checked before
 timing), and with plain ``jmespath.search`` on the bare expressions for reference.
@@ -25,7 +25,7 @@ import jmespath
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/ (hubspot.py)
 import connector.mapping
 from bench.common import ROOT, machine
-from connector._jmespath_compile import Getter
+from connector.jmespath_compiler import Getter
 from connector.mapping import load_mapping
 
 

@@ -28,7 +28,7 @@ from connector.config import load_config
 from connector.observability import configure_logging
 from connector.runtime import server_runner
 from connector.service import Service
-from tests.fake_hubspot import FakeHubSpot
+from fake_hubspot import FakeHubSpot
 
 TOKEN = "bench-token-0123456789"
 CUSTOMER = "CUST-e3115ba6-0cce-4ba5-9803-aadf90ba2a96"

@@ -35,7 +35,7 @@ import orjson
 
 from connector import mirror
 from connector.config import Target
-from connector.errors import PermanentError, RecordMappingError, RetryableError, TargetPaused
+from connector.errors import RecordMappingError, TargetPaused
 from connector.metrics import Metrics
 from connector.observability import get_logger
 from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
@@ -49,6 +49,7 @@ from connector.targets import (
     Outcome,
     Record,
     Retry,
+    Undelivered,
 )
 
 log = get_logger("connector.delivery")
@@ -320,11 +321,8 @@ class TargetWorker:
                 outcomes.update(zip(pushed, answers, strict=True))
             except TargetPaused as exc:
                 return await self._pause(claim, str(exc), exc.until)
-            except RetryableError as exc:
-                retry = Retry(str(exc), exc.after, exc.count_attempt, exc.maybe_written)
-                outcomes.update(dict.fromkeys(pushed, retry))
-            except PermanentError as exc:
-                outcomes.update(dict.fromkeys(pushed, Dead(str(exc))))
+            except Undelivered as exc:
+                outcomes.update(dict.fromkeys(pushed, exc.outcome))
             except TimeoutError:
                 # Cancelled mid-way: a request of it may have gone out and still land.
                 reason = f"push timed out after {settings.push_timeout:g} s"
@@ -373,6 +371,7 @@ class TargetWorker:
             cleared=plan.cleared if plan else (),
             company_id=company_id,
             company=linked,
+            email=_first_email(payload),
         )
         return record, plan
 
@@ -467,3 +466,11 @@ class TargetWorker:
         self.paused_reason = self.paused_until = self.paused_by = None
         await self.store.set_paused(self.key, None, None)
         self._log.info("target resumed")
+
+
+def _first_email(payload: object) -> str | None:
+    """The contact's first e-mail address in the Mimeeq payload, for adapters that key on it."""
+    emails = payload.get("emails") if isinstance(payload, dict) else None
+    first = emails[0] if isinstance(emails, list) and emails else None
+    mail = first.get("mail") if isinstance(first, dict) else None
+    return str(mail) if mail else None

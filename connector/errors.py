@@ -1,15 +1,15 @@
 """Every exception the connector raises on purpose, in one place.
 
 Configuration problems stop the process (or ``check``) with the file and key at fault. Delivery
-problems are the heart of the project: each one says whether trying again can help.
+problems are the heart of the project: each one carries the outcome the records get.
 
     ConnectorError
     ├── ConfigError            a broken config or mapping file (file, key, problem)
     │   └── MappingError       a mapping that does not compile (file, field, problem)
     ├── RecordMappingError     one payload that a compiled mapping could not map (dead letter)
     └── DeliveryError          raised by an adapter for a whole batch
-        ├── RetryableError     the target may accept it later (outage, 5xx, timeout, 429)
-        ├── PermanentError     the target will never accept it as it is (dead letter)
+        ├── Undelivered        (connector.targets) carries an outcome: Retry (outage, 5xx,
+        │                      timeout, 429) or Dead (never accepted as it is: dead letter)
         └── TargetPaused       the target refuses everything (bad token, daily limit): pause
 """
 
@@ -46,32 +46,11 @@ class RecordMappingError(ConnectorError):
 
 
 class DeliveryError(ConnectorError):
-    """An adapter could not deliver a batch. Subclasses say what the worker should do."""
+    """An adapter could not deliver a batch. Subclasses say what the worker should do.
 
-
-class RetryableError(DeliveryError):
-    """Try again later; ``after`` (seconds) overrides the backoff when the target said when.
-
-    ``count_attempt=False`` is for waits that are not failures, such as a rate-limit answer.
-    ``maybe_written=True`` says a request went out without an answer: it may still land.
+    ``connector.targets.Undelivered`` carries the outcome (``Retry`` or ``Dead``) every record of
+    the push gets; ``TargetPaused`` stops the target.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        after: float | None = None,
-        count_attempt: bool = True,
-        maybe_written: bool = False,
-    ):
-        super().__init__(message)
-        self.after = after
-        self.count_attempt = count_attempt
-        self.maybe_written = maybe_written
-
-
-class PermanentError(DeliveryError):
-    """The target will never accept these records as they are: they go to the dead-letter store."""
 
 
 class TargetPaused(DeliveryError):

@@ -61,8 +61,8 @@ import pycountry
 import yaml
 from jmespath.exceptions import JMESPathError
 
-from connector._jmespath_compile import Getter, compile_expression, describe_error
 from connector.errors import MappingError, RecordMappingError
+from connector.jmespath_compiler import Getter, compile_expression, describe_error
 
 __all__ = ["Mapping", "StrictYamlLoader", "load_mapping"]
 

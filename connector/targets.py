@@ -22,7 +22,7 @@ write everything instead when its target wants whole objects.
 A push must not leave a write running after it returns or is cancelled (the worker's
 ``push_timeout``): use cancellable I/O, never a thread that goes on by itself. A request that was
 sent but never answered may still land later: report it as ``Retry(maybe_written=True)`` (or raise
-``RetryableError(..., maybe_written=True)``) so that the contact's next write waits long enough
+``Undelivered(Retry(..., maybe_written=True))``) so that the contact's next write waits long enough
 for it to land first.
 """
 
@@ -37,11 +37,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from typing_extensions import TypeVar
 
-from connector.errors import ConfigError, RetryableError
+from connector.errors import ConfigError, DeliveryError
 from connector.ratelimit import LimiterFactory, shared_limiter
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "mimeeq_connector.adapters"
 
 Operation = Literal["upsert", "delete"]
+EventKind = Literal["created", "updated", "deleted"]
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -112,6 +114,14 @@ class Record:
     cleared: tuple[str, ...] = ()
     company_id: str | None = None  # the Mimeeq company the contact belongs to (companyId)
     company: CompanyLink | None = None  # the association last confirmed in the target
+    email: str | None = None  # the contact's first e-mail in Mimeeq, mapped or not
+
+    @property
+    def kind(self) -> EventKind:
+        """What happened in Mimeeq, from the event name: adapters need not parse it."""
+        if self.op == "delete" or self.event.endswith("-deleted"):
+            return "deleted"
+        return "created" if self.event.endswith("-created") else "updated"
 
     @property
     def changes(self) -> dict[str, Any]:
@@ -147,6 +157,18 @@ class Dead:
 Outcome = Delivered | Retry | Dead
 
 
+class Undelivered(DeliveryError):
+    """Raised by a push: every record of it (not yet answered) gets ``outcome``.
+
+    The one exception for failed deliveries: the outcome values say retry or dead, so the
+    exception does not say it a second time.
+    """
+
+    def __init__(self, outcome: Retry | Dead) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
 @dataclass(slots=True)
 class ClaimHold:
     """Until when (wall clock) the worker's claim on the records being pushed surely holds.
@@ -165,10 +187,10 @@ CLAIM_HOLD: ContextVar[ClaimHold | None] = ContextVar("claim_hold", default=None
 
 
 def check_claim() -> None:
-    """Raise ``RetryableError`` when the push's claim may no longer be this process's."""
+    """Raise ``Undelivered(Retry(...))`` when the push's claim may no longer be this process's."""
     hold = CLAIM_HOLD.get()
     if hold is not None and time.time() >= hold.until:
-        raise RetryableError("the claim on these contacts ran out before this write: not sent")
+        raise Undelivered(Retry("the claim on these contacts ran out before this write: not sent"))
 
 
 class TargetReporter:
@@ -195,9 +217,22 @@ class TargetContext:
     def key(self) -> str:
         return f"{self.tenant}/{self.name}"
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The mapped field names, in the mapping's order: all an adapter needs of the mapping."""
+        return tuple(self.mapping.fields)
 
-class Adapter(ABC):
-    """Base class of every target plugin."""
+
+# The default keeps a bare ``Adapter`` meaning ``Adapter[TargetSettings]``.
+SettingsT = TypeVar("SettingsT", bound=TargetSettings, default=TargetSettings)
+
+
+class Adapter(ABC, Generic[SettingsT]):
+    """Base class of every target plugin, generic over its settings model.
+
+    ``settings_model`` validates the target's config; the worker builds ``settings`` with it, so
+    ``self.settings`` is already the adapter's own model (no ``isinstance`` check needed).
+    """
 
     type: ClassVar[str]
     settings_model: ClassVar[builtins.type[TargetSettings]] = TargetSettings
@@ -205,8 +240,8 @@ class Adapter(ABC):
     default_concurrency: ClassVar[int] = 1
     default_linger: ClassVar[float] = 0.05  # seconds; longer where every call is precious
 
-    def __init__(self, settings: TargetSettings, context: TargetContext) -> None:
-        self.settings = settings
+    def __init__(self, settings: SettingsT, context: TargetContext) -> None:
+        self.settings: SettingsT = settings
         self.context = context
 
     @property
@@ -215,10 +250,10 @@ class Adapter(ABC):
         a change of the contact's company is then a change even if no mapped field changed."""
         return False
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         """Prepare the target (load state, open connections). Called once before any push."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release what ``open`` took. Called once, after the last push."""
 
     @abstractmethod
@@ -226,23 +261,23 @@ class Adapter(ABC):
         """Deliver a batch; return one outcome per record, in the same order."""
 
 
-_registered: dict[str, type[Adapter]] = {}
+_registered: dict[str, type[Adapter[Any]]] = {}
 
 
-def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+def register_adapter(cls: type[Adapter[Any]]) -> type[Adapter[Any]]:
     """Register an adapter class directly (embedding, tests); entry points need no call."""
     _registered[cls.type] = cls
     return cls
 
 
-def available_adapters() -> dict[str, type[Adapter]]:
-    found: dict[str, type[Adapter]] = {}
+def available_adapters() -> dict[str, type[Adapter[Any]]]:
+    found: dict[str, type[Adapter[Any]]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep.load())
     return found | _registered
 
 
-def adapter_class(type_name: str) -> type[Adapter]:
+def adapter_class(type_name: str) -> type[Adapter[Any]]:
     if type_name in _registered:
         return _registered[type_name]
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=type_name):

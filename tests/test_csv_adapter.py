@@ -16,8 +16,8 @@ import pydantic
 import pytest
 
 from adapters.csvfile import CsvAdapter, CsvSettings
-from connector.errors import ConfigError, RetryableError
-from connector.targets import Dead, Delivered, Record, TargetContext, adapter_class
+from connector.errors import ConfigError
+from connector.targets import Dead, Delivered, Record, TargetContext, Undelivered, adapter_class
 
 FIELDS = ("email", "firstname", "tags")
 
@@ -383,7 +383,7 @@ async def test_failed_write_keeps_old_file_and_retries_later(
     before = path.read_bytes()
 
     calls = fail_os(where, 3)  # every attempt of the next rewrite fails
-    with pytest.raises(RetryableError, match="No space left on device") as caught:
+    with pytest.raises(Undelivered, match="No space left on device") as caught:
         await adapter.push([up("c1", email="new@x.io"), up("c2")])
     assert str(path) in str(caught.value)
     assert calls[0] == 3  # three attempts in the call

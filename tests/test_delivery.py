@@ -13,9 +13,9 @@ import pytest
 from connector import delivery
 from connector.config import load_config
 from connector.delivery import backoff_delay
-from connector.errors import PermanentError, RetryableError, TargetPaused
+from connector.errors import TargetPaused
 from connector.service import Service
-from connector.targets import Dead, Record, Retry
+from connector.targets import Dead, Record, Retry, Undelivered
 from tests.conftest import (
     FAKE_MAPPING,
     contact,
@@ -148,8 +148,8 @@ async def test_a_mapping_failure_is_a_dead_letter(running: Callable[..., Any]) -
 @pytest.mark.parametrize(
     ("error", "dead", "pending"),
     [
-        (RetryableError("503 Service Unavailable", after=30), 0, 1),
-        (PermanentError("400 Bad Request"), 1, 0),
+        (Undelivered(Retry("503 Service Unavailable", after=30)), 0, 1),
+        (Undelivered(Dead("400 Bad Request")), 1, 0),
         (RuntimeError("bug in adapter"), 0, 1),
     ],
     ids=["retryable", "permanent", "unexpected"],

@@ -27,8 +27,8 @@ from hubspot.crm.contacts.exceptions import ApiException
 from hubspot.crm.properties import OptionInput, PropertyCreate, PropertyGroupCreate, PropertyUpdate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesError
 
-from tests import fake_hubspot
-from tests.fake_hubspot import FakeHubSpot
+import fake_hubspot
+from fake_hubspot import FakeHubSpot
 
 MIMEEQ = "mimeeq_contact_id"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fake_hubspot import FakeHubSpot
 from tests.conftest import TOKEN, ServerProcess, contact
-from tests.fake_hubspot import FakeHubSpot
 from tests.test_hubspot_end_to_end import fake, hubspot_config, hubspot_token  # noqa: F401
 from tests.waiting import eventually
 

@@ -30,8 +30,8 @@ from connector.targets import (
     Retry,
     TargetContext,
 )
+from fake_hubspot import FakeHubSpot
 from tests.conftest import CUSTOMER, ROOT, contact
-from tests.fake_hubspot import FakeHubSpot
 
 TOKEN = "hs-test-token"
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"

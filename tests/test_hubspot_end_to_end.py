@@ -13,10 +13,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import adapters.hubspot
+import adapters.hubspot.api
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
+from fake_hubspot import FakeHubSpot
 from tests.conftest import (
     CUSTOMER,
     ROOT,
@@ -26,7 +27,6 @@ from tests.conftest import (
     drained,
     status_reaches,
 )
-from tests.fake_hubspot import FakeHubSpot
 
 HS_TOKEN = "hs-end-to-end-token"
 STATUS_WITHOUT_DEFAULT = {"from": "status", "map": {"ACTIVE": "OPEN", "INACTIVE": "UNQUALIFIED"}}
@@ -189,7 +189,7 @@ async def test_backlog_stays_under_the_rate_limit(tmp_path: Path, fake: FakeHubS
 async def test_a_revoked_token_pauses_the_target_until_it_is_fixed(
     tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(adapters.hubspot, "AUTH_PROBE", 0.5)
+    monkeypatch.setattr(adapters.hubspot.api, "AUTH_PROBE", 0.5)
     fake.token = "the-token-was-rotated"
     service = Service(load_config(hubspot_config(tmp_path, fake, linger=0)))
     await service.start()

@@ -1,6 +1,6 @@
 """The JMESPath compiler against stock jmespath, on expressions hypothesis writes itself.
 
-``connector._jmespath_compile`` re-implements jmespath's interpreter on its internals (the parse
+``connector.jmespath_compiler`` re-implements jmespath's interpreter on its internals (the parse
 tree's shape, ``FUNCTION_TABLE``, ``_Expression``), so pyproject.toml pins jmespath to the minor
 release this suite passes on. Every generated expression is compiled once and run on several
 generated payloads; the compiled getter must give the same value (by ``repr``: 1, 1.0 and true
@@ -15,7 +15,7 @@ import jmespath
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector._jmespath_compile import compile_expression
+from connector.jmespath_compiler import compile_expression
 
 KEYS = ["a", "b", "c", "type", "mail"]
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector._jmespath_compile import compile_expression
 from connector.errors import MappingError, RecordMappingError
+from connector.jmespath_compiler import compile_expression
 from connector.mapping import Mapping, load_mapping
 
 DATA = Path(__file__).parent / "data"

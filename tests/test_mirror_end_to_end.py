@@ -11,8 +11,8 @@ from pathlib import Path
 
 import aiohttp
 
+from fake_hubspot import FakeHubSpot
 from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
-from tests.fake_hubspot import FakeHubSpot
 from tests.test_hubspot_end_to_end import fake, hubspot_config, hubspot_token, post_all
 from tests.waiting import eventually
 

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import load_config
 from connector.service import Service
+from fake_hubspot import FakeHubSpot
 from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
-from tests.fake_hubspot import FakeHubSpot
 from tests.test_hubspot_end_to_end import HS_TOKEN, fake, hubspot_config, hubspot_token
 from tests.waiting import eventually
 

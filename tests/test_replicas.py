@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 import yaml
 
+from fake_hubspot import FakeHubSpot
 from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact
-from tests.fake_hubspot import FakeHubSpot
 from tests.test_store import postgres_schema
 from tests.waiting import eventually
 

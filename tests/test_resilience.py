@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
+from fake_hubspot import FakeHubSpot
 from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
-from tests.fake_hubspot import FakeHubSpot
 from tests.test_hubspot_end_to_end import fake, hubspot_config, hubspot_token
 
 AUTH = {"X-Mimeeq-Token": TOKEN}

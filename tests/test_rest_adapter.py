@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from tenacity import wait_none
 
-import adapters.rest
+import adapters.rest.adapter
 from adapters.rest import RestAdapter, RestSettings
 from connector.config import load_config
 from connector.errors import ConfigError, TargetPaused
@@ -207,7 +207,7 @@ async def test_timeouts_and_tls(make_adapter, tmp_path: Path, monkeypatch) -> No
         clients.append(kwargs)
         return real(**kwargs)
 
-    monkeypatch.setattr(adapters.rest.httpx, "AsyncClient", spy)
+    monkeypatch.setattr(adapters.rest.adapter.httpx, "AsyncClient", spy)
     await make_adapter(connect_timeout=2, read_timeout=9)
     assert clients[-1]["timeout"] == httpx.Timeout(9, connect=2)
     assert clients[-1]["verify"] is True  # on by default

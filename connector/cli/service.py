@@ -195,11 +195,11 @@ def hubspot_setup(config_path: Path | None, tenant: str, target_name: str) -> No
 
 
 async def _hubspot_setup(target: Target, say: Callable[[str], None]) -> None:
-    from adapters.hubspot import HubSpotAdapter
+    from adapters.hubspot import HubSpotAdapter, HubSpotSettings
 
-    adapter = HubSpotAdapter(
-        target.settings, TargetContext(target.tenant, target.name, target.mapping)
-    )
+    settings = target.settings
+    assert isinstance(settings, HubSpotSettings)  # the caller checked the target's type
+    adapter = HubSpotAdapter(settings, TargetContext(target.tenant, target.name, target.mapping))
     try:
         await adapter.setup(say)
     finally:

@@ -16,7 +16,7 @@ would cost ten times the CPU per record, far beyond the 15% we would trade for f
 
 The price is that this module reads jmespath's internals (the parse tree's shape,
 ``Functions.FUNCTION_TABLE``, ``visitor._Expression``): pyproject.toml pins jmespath to one minor
-release, and tests/test_jmespath_compile.py checks this module against ``jmespath.search`` on
+release, and tests/testjmespath_compiler.py checks this module against ``jmespath.search`` on
 expressions and payloads that hypothesis generates. Use it everywhere JMESPath is evaluated
 (mappings and the REST adapter) so the product has one JMESPath behaviour.
 """

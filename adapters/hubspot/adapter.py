@@ -1,0 +1,507 @@
+"""The HubSpot adapter: upserts, conflicts, associations and deletes (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from adapters.http import chunks, join_notes
+from adapters.hubspot.api import (
+    MAX_INPUTS,
+    Answer,
+    HubSpotApi,
+    HubSpotSettings,
+    _Upsert,
+    hubspot_value,
+    log,
+)
+from adapters.hubspot.setup import _describe, _existing_id, _Setup, _with_options
+from connector.targets import (
+    Adapter,
+    CompanyLink,
+    Dead,
+    Delivered,
+    Outcome,
+    Record,
+    Retry,
+    TargetContext,
+    Undelivered,
+)
+
+
+class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
+    type = "hubspot"
+    settings_model = HubSpotSettings
+    max_batch_size = MAX_INPUTS
+    default_concurrency = 4
+    default_linger = 0.5  # calls are rationed: wait a little to send full batches
+
+    company_cache_ttl: ClassVar[float] = 600.0
+
+    def __init__(self, settings: HubSpotSettings, context: TargetContext) -> None:
+        super().__init__(settings, context)
+        self.api = HubSpotApi(
+            settings,
+            workers=(settings.concurrency or 4) + 2,
+            report=context.report,
+            limiter=context.limiter,
+        )
+        self._options: dict[str, set[str] | None] = {}  # auto_options property -> known options
+        self._options_lock = asyncio.Lock()
+        self._companies: dict[str, tuple[str | None, float]] = {}  # company id -> (HubSpot id, at)
+        self._half_filled: set[str] = set()  # contacts to write whole: see _upsert
+
+    @property
+    def associates_companies(self) -> bool:
+        return self.settings.associate_company
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    # --- push --------------------------------------------------------------------------------
+
+    async def push(self, records: Sequence[Record]) -> Sequence[Outcome]:
+        if self.api.zone_due():  # before the daily budget runs out, when it can still be read
+            await self.api.read_zone()
+        outcomes: dict[int, Outcome] = {}
+        upserts = [(i, r) for i, r in enumerate(records) if r.op == "upsert"]
+        deletes = [(i, r) for i, r in enumerate(records) if r.op == "delete"]
+        for run, items in ((self._upsert, upserts), (self._delete, deletes)):
+            if not items:
+                continue
+            try:
+                outcomes.update(await run(items))
+            except Undelivered as exc:  # this half of the batch waits; the other stands
+                if not isinstance(exc.outcome, Retry):
+                    raise
+                outcomes.update({i: exc.outcome for i, _ in items if i not in outcomes})
+        return [outcomes[i] for i in range(len(records))]
+
+    # --- creates and updates -----------------------------------------------------------------
+
+    def _encode(self, values: Mapping[str, Any]) -> dict[str, str]:
+        enumerations = self.settings.auto_options
+        return {name: hubspot_value(v, options=name in enumerations) for name, v in values.items()}
+
+    def _whole(self, u: _Upsert) -> _Upsert:
+        """The same contact with every mapped value, nothing cleared."""
+        properties = self._encode(u.record.fields)
+        if self.settings.id_property != "email":
+            properties[self.settings.id_property] = u.key
+        return dataclasses.replace(u, properties=properties, partial=False, new=False)
+
+    async def _upsert(self, items: list[tuple[int, Record]]) -> dict[int, Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        upserts: list[_Upsert] = []
+        id_property = self.settings.id_property
+        for index, record in items:
+            whole = record.contact_id in self._half_filled
+            properties = self._encode(record.fields if whole else record.changes)
+            properties.update(dict.fromkeys(record.cleared, ""))
+            if id_property == "email":
+                key = hubspot_value(record.fields.get("email")).strip()
+                if not key:
+                    outcomes[index] = Dead("no e-mail address: this target upserts by email")
+                    continue
+            else:
+                key = properties[id_property] = record.contact_id
+            partial = bool(record.unchanged) and not whole
+            upserts.append(_Upsert(index, record, key, properties, partial))
+        if not upserts:
+            return outcomes
+        await self._write(upserts, outcomes)
+        # HubSpot created a contact that got only the changes: someone deleted it in HubSpot.
+        lost = [
+            u for u in upserts if u.new and u.partial and isinstance(outcomes[u.index], Delivered)
+        ]
+        # Until the whole record is written, the next write of these contacts is whole.
+        self._half_filled.update(u.record.contact_id for u in lost)
+        if lost:
+            await self._write([self._whole(u) for u in lost], outcomes)
+            for u in lost:
+                outcome = outcomes[u.index]
+                if isinstance(outcome, Delivered):
+                    note = "not in HubSpot any more: created again, with the whole record"
+                    outcomes[u.index] = dataclasses.replace(outcome, note=note)
+        self._half_filled.difference_update(
+            u.record.contact_id for u in upserts if isinstance(outcomes.get(u.index), Delivered)
+        )
+        if self.settings.associate_company:
+            delivered = [u for u in upserts if isinstance(outcomes.get(u.index), Delivered)]
+            await self._associate(delivered, outcomes)
+        return outcomes
+
+    async def _write(self, upserts: list[_Upsert], outcomes: dict[int, Outcome]) -> None:
+        await self._ensure_options(upserts)
+        adopt: dict[int, str] = {}
+        await self._upsert_batch(upserts, outcomes, adopt)
+        if adopt:
+            await self._adopt([u for u in upserts if u.index in adopt], adopt, outcomes)
+
+    async def _upsert_batch(
+        self, batch: list[_Upsert], outcomes: dict[int, Outcome], adopt: dict[int, str]
+    ) -> None:
+        body = {
+            "inputs": [
+                {"id": u.key, "idProperty": self.settings.id_property, "properties": u.properties}
+                for u in batch
+            ]
+        }
+        answer = await self.api.call(self.api.contacts.upsert, body)
+        if answer.status == 409:
+            await self._resolve_conflict(batch, answer, outcomes, adopt)
+            return
+        if answer.status >= 400:
+            await self._split_or_fail(batch, answer, outcomes, adopt)
+            return
+        found = {
+            self._norm(str((r.get("properties") or {}).get(self.settings.id_property, ""))): r
+            for r in answer.results
+        }
+        failed = self._errors_by_key(answer)
+        unexplained = []
+        for u in batch:
+            key = self._norm(u.key)
+            if key in found:
+                u.new = found[key].get("new") is True
+                outcomes[u.index] = Delivered(remote_id=str(found[key].get("id")))
+            elif key in failed:
+                self._per_input_error(u, failed[key], outcomes, adopt)
+            elif answer.status == 200 and not answer.errors:
+                outcomes[u.index] = Delivered()  # accepted; its id is looked up if ever needed
+            else:
+                unexplained.append(u)
+        if unexplained:
+            # Errors HubSpot did not tie to an input: split until each bad one stands alone.
+            await self._split_or_fail(unexplained, answer, outcomes, adopt)
+
+    async def _split_or_fail(
+        self,
+        batch: list[_Upsert],
+        answer: Answer,
+        outcomes: dict[int, Outcome],
+        adopt: dict[int, str],
+    ) -> None:
+        if len(batch) == 1:
+            outcomes[batch[0].index] = Dead(f"HubSpot HTTP {answer.status}: {answer.message}")
+            return
+        middle = len(batch) // 2
+        await self._upsert_batch(batch[:middle], outcomes, adopt)
+        await self._upsert_batch(batch[middle:], outcomes, adopt)
+
+    async def _resolve_conflict(
+        self,
+        batch: list[_Upsert],
+        answer: Answer,
+        outcomes: dict[int, Outcome],
+        adopt: dict[int, str],
+    ) -> None:
+        """A whole-batch 409 names only the first existing contact: find whose e-mail it has."""
+        existing = _existing_id(answer)
+        culprit = None
+        if existing and len(batch) == 1:
+            culprit = batch[0]
+        elif existing:
+            read = await self.api.call(
+                self.api.contacts.read,
+                {
+                    "inputs": [{"id": existing}],
+                    "properties": ["email"],
+                    "propertiesWithHistory": [],
+                },
+            )
+            emails = {
+                str((r.get("properties") or {}).get("email") or "").lower() for r in read.results
+            }
+            culprit = next(
+                (u for u in batch if u.properties.get("email", "").lower() in emails - {""}), None
+            )
+        if existing is None or culprit is None:
+            await self._split_or_fail(batch, answer, outcomes, adopt)
+            return
+        self._per_input_error(culprit, answer.body, outcomes, adopt)
+        rest = [u for u in batch if u is not culprit]
+        if rest:
+            await self._upsert_batch(rest, outcomes, adopt)
+
+    def _per_input_error(
+        self,
+        u: _Upsert,
+        error: dict[str, Any],
+        outcomes: dict[int, Outcome],
+        adopt: dict[int, str],
+    ) -> None:
+        message = str(error.get("message") or error)
+        category = str(error.get("category") or "")
+        existing = _existing_id(Answer(409, {}, error))
+        if existing and (category == "CONFLICT" or "already exists" in message):
+            if u.record.remote_id and u.record.remote_id != existing:
+                outcomes[u.index] = Dead(
+                    f"HubSpot: the e-mail belongs to another contact ({existing}): {message}"
+                )
+            else:
+                adopt[u.index] = existing
+        elif category in ("RATE_LIMITS", "RATE_LIMIT") or str(error.get("status")).startswith("5"):
+            outcomes[u.index] = Retry(f"HubSpot: {message}")
+        else:
+            outcomes[u.index] = Dead(f"HubSpot {category or 'error'}: {message}")
+
+    async def _adopt(
+        self, batch: list[_Upsert], adopt: dict[int, str], outcomes: dict[int, Outcome]
+    ) -> None:
+        """Update existing contacts by id, setting the unique id property so upserts find them.
+
+        The contact is new to the connector: it gets the whole record and nothing is cleared.
+        """
+        by_id = {adopt[u.index]: self._whole(u) for u in batch}
+        await self._ensure_options(list(by_id.values()))
+        body = {"inputs": [{"id": hs_id, "properties": u.properties} for hs_id, u in by_id.items()]}
+        answer = await self.api.call(self.api.contacts.update, body)
+        if answer.status >= 400:
+            for u in batch:
+                outcomes[u.index] = Dead(f"HubSpot HTTP {answer.status}: {answer.message}")
+            return
+        updated = {str(r.get("id")) for r in answer.results}
+        failed = {}
+        for error in answer.errors:
+            for hs_id in (error.get("context") or {}).get("ids") or []:
+                failed[str(hs_id)] = error
+        for hs_id, u in by_id.items():
+            if hs_id in updated:
+                outcomes[u.index] = Delivered(
+                    remote_id=hs_id, note=f"adopted existing HubSpot contact {hs_id} (same e-mail)"
+                )
+            else:
+                error = failed.get(hs_id, {"message": "no result for this contact"})
+                outcomes[u.index] = Dead(f"HubSpot (adopting {hs_id}): {error.get('message')}")
+
+    def _errors_by_key(self, answer: Answer) -> dict[str, dict[str, Any]]:
+        failed: dict[str, dict[str, Any]] = {}
+        for error in answer.errors:
+            for key in (error.get("context") or {}).get("ids") or []:
+                failed[self._norm(str(key))] = error
+        return failed
+
+    def _norm(self, key: str) -> str:
+        return key.lower() if self.settings.id_property == "email" else key
+
+    async def _ensure_options(self, upserts: list[_Upsert]) -> None:
+        """Add the options that new values of ``auto_options`` properties need."""
+        for name in self.settings.auto_options:
+            wanted = {v for u in upserts for v in u.properties.get(name, "").split(";") if v}
+            known = self._options.get(name, set())
+            if not wanted or (known is not None and wanted <= known):
+                continue
+            async with self._options_lock:  # one read-modify-write of the options at a time
+                # Read them afresh: options added in HubSpot meanwhile must not be dropped.
+                answer = await self.api.call(self.api.properties.get_by_name, "contacts", name)
+                if answer.status != 200 or not isinstance(answer.body, dict):
+                    self._options[name] = None  # no such property: the upsert will say so
+                    continue
+                if answer.body.get("type") != "enumeration":
+                    self._options[name] = None  # text takes any value
+                    continue
+                options = [o for o in answer.body.get("options") or [] if isinstance(o, dict)]
+                current = {str(o.get("value")) for o in options}
+                self._options[name] = current
+                added = sorted(wanted - current)
+                if not added:
+                    continue
+                answer = await self.api.call(
+                    self.api.properties.update,
+                    "contacts",
+                    name,
+                    {"options": _with_options(options, added)},
+                )
+                if answer.status == 200:
+                    current.update(added)
+                else:
+                    log.warning("cannot add options", property=name, error=answer.message)
+
+    # --- company associations ----------------------------------------------------------------
+
+    async def _associate(self, upserts: list[_Upsert], outcomes: dict[int, Outcome]) -> None:
+        """Link each delivered contact to its company, calling HubSpot only when that changed."""
+        moving: list[tuple[_Upsert, str, CompanyLink | None]] = []  # (upsert, contact, old link)
+        for u in upserts:
+            delivered = outcomes[u.index]
+            assert isinstance(delivered, Delivered)
+            old, company = u.record.company, u.record.company_id
+            if u.new or delivered.remote_id != u.record.remote_id:
+                old = None  # HubSpot made the contact anew, or we adopted one: nothing is linked
+            # Linked already (or no company at all), or no id to link: leave it as it is.
+            done = old.remote_id is not None and old.company_id == company if old else not company
+            if done or delivered.remote_id is None:
+                outcomes[u.index] = dataclasses.replace(delivered, company=old)
+            else:
+                moving.append((u, delivered.remote_id, old))
+        if not moving:
+            return
+        company_ids = await self._company_ids(
+            {c for u, _, _ in moving if (c := u.record.company_id)}
+        )
+        failed: dict[int, str] = {}  # record index -> why
+        removals = []  # (upsert, HubSpot contact id, HubSpot company id)
+        additions = []
+        for u, contact, old in moving:
+            company = u.record.company_id
+            new = company_ids.get(company) if company else None
+            if old is not None and old.remote_id and old.remote_id != new:
+                removals.append((u, contact, old.remote_id))
+            if new and (old is None or old.remote_id != new):
+                additions.append((u, contact, new))
+        if removals:
+            body: dict[str, Any] = {
+                "inputs": [{"from": {"id": c}, "to": [{"id": old}]} for _, c, old in removals]
+            }
+            answer = await self.api.call(
+                self.api.associations.archive, "contacts", "companies", body
+            )
+            if answer.status >= 300:
+                for u, _, _ in removals:
+                    failed[u.index] = f"removing the old company association: {_describe(answer)}"
+        additions = [a for a in additions if a[0].index not in failed]
+        if additions:
+            body = {"inputs": [{"from": {"id": c}, "to": {"id": new}} for _, c, new in additions]}
+            answer = await self.api.call(
+                self.api.associations.create_default, "contacts", "companies", body
+            )
+            made = {
+                (str((r.get("from") or {}).get("id")), str((r.get("to") or {}).get("id")))
+                for r in answer.results
+            }
+            for u, c, new in additions:
+                if (c, new) not in made:
+                    failed[u.index] = f"associating the company: {_describe(answer)}"
+        for u, _, _ in moving:
+            delivered = outcomes[u.index]
+            assert isinstance(delivered, Delivered)
+            company = u.record.company_id
+            if u.index in failed:
+                outcomes[u.index] = Retry(failed[u.index])
+            elif company is None:
+                outcomes[u.index] = dataclasses.replace(
+                    delivered, note=join_notes(delivered.note, "company association removed")
+                )
+            elif (new := company_ids.get(company)) is None:
+                name = self.settings.company_id_property
+                note = join_notes(delivered.note, f"company {company} not in HubSpot ({name})")
+                link = CompanyLink(company, None)
+                outcomes[u.index] = dataclasses.replace(delivered, note=note, company=link)
+            else:
+                note = join_notes(delivered.note, f"associated with company {new}")
+                link = CompanyLink(company, new)
+                outcomes[u.index] = dataclasses.replace(delivered, note=note, company=link)
+
+    async def _company_ids(self, companies: set[str]) -> dict[str, str | None]:
+        now = time.monotonic()
+        found = {
+            c: hit[0]
+            for c in companies
+            if (hit := self._companies.get(c)) and now - hit[1] < self.company_cache_ttl
+        }
+        missing = sorted(companies - set(found))
+        for chunk in chunks(missing, MAX_INPUTS):
+            body = {
+                "idProperty": self.settings.company_id_property,
+                "inputs": [{"id": c} for c in chunk],
+                "properties": [self.settings.company_id_property],
+                "propertiesWithHistory": [],
+            }
+            answer = await self.api.call(self.api.companies.read, body)
+            hits = {
+                str((r.get("properties") or {}).get(self.settings.company_id_property)): str(
+                    r.get("id")
+                )
+                for r in answer.results
+            }
+            for c in chunk:
+                found[c] = hits.get(c)
+                self._companies[c] = (found[c], now)
+        return found
+
+    # --- deletes -----------------------------------------------------------------------------
+
+    async def _delete(self, items: list[tuple[int, Record]]) -> dict[int, Outcome]:
+        mode = self.settings.on_delete
+        if mode == "ignore":
+            return {i: Delivered(note="on_delete is ignore: left in HubSpot") for i, _ in items}
+        if mode == "gdpr_delete":
+            return {i: await self._gdpr_delete(r) for i, r in items}
+        outcomes: dict[int, Outcome] = {}
+        hubspot_ids = await self._find(items, outcomes)
+        if hubspot_ids:
+            answer = await self.api.call(
+                self.api.contacts.archive, {"inputs": [{"id": h} for h in hubspot_ids.values()]}
+            )
+            for i, hs_id in hubspot_ids.items():
+                outcomes[i] = (
+                    Delivered(remote_id=hs_id, note="archived")
+                    if answer.status < 300
+                    else Dead(_describe(answer))
+                )
+        return outcomes
+
+    async def _find(
+        self, items: list[tuple[int, Record]], outcomes: dict[int, Outcome]
+    ) -> dict[int, str]:
+        """HubSpot ids of the contacts to delete: remembered, else looked up by the id property."""
+        found = {i: r.remote_id for i, r in items if r.remote_id}
+        unknown = {}
+        for i, record in items:
+            if i in found:
+                continue
+            key = self._delete_key(record)
+            if key is None:
+                outcomes[i] = Delivered(note="no e-mail to find it by: nothing to delete")
+            else:
+                unknown[i] = key
+        if unknown:
+            answer = await self.api.call(
+                self.api.contacts.read,
+                {
+                    "idProperty": self.settings.id_property,
+                    "inputs": [{"id": key} for key in unknown.values()],
+                    "properties": [self.settings.id_property],
+                    "propertiesWithHistory": [],
+                },
+            )
+            if answer.status >= 400 and answer.status != 404:
+                raise Undelivered(Retry(_describe(answer)))
+            hits = {
+                self._norm(str((r.get("properties") or {}).get(self.settings.id_property))): str(
+                    r.get("id")
+                )
+                for r in answer.results
+            }
+            for i, key in unknown.items():
+                if self._norm(key) in hits:
+                    found[i] = hits[self._norm(key)]
+                else:
+                    outcomes[i] = Delivered(note="not in HubSpot: nothing to delete")
+        return {i: hs_id for i, hs_id in found.items() if hs_id}
+
+    def _delete_key(self, record: Record) -> str | None:
+        if self.settings.id_property != "email":
+            return record.contact_id
+        return str(record.fields.get("email") or record.email or "") or None
+
+    async def _gdpr_delete(self, record: Record) -> Outcome:
+        if record.remote_id:
+            body: dict[str, str] = {"objectId": record.remote_id}
+        else:
+            key = self._delete_key(record)
+            if key is None:
+                return Delivered(note="no e-mail to find it by: nothing to delete")
+            body = {"objectId": key, "idProperty": self.settings.id_property}
+        answer = await self.api.call(self.api.contacts_basic.purge, body)
+        if answer.status < 300:
+            return Delivered(remote_id=record.remote_id, note="GDPR-deleted")
+        if answer.status == 404:
+            return Delivered(note="not in HubSpot: nothing to delete")
+        return Dead(_describe(answer))
+
+    # --- set-up ------------------------------------------------------------------------------
