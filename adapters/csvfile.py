@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from connector.errors import ConfigError
-from connector.targets import (
+from connector.adapter import (
     Adapter,
     ConfigPath,
     Dead,
@@ -34,6 +33,7 @@ from connector.targets import (
     TargetSettings,
     Undelivered,
 )
+from connector.errors import ConfigError
 
 if TYPE_CHECKING:
     from _csv import Reader

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
-from connector.targets import TargetReporter
+from connector.adapter import TargetReporter
 
 T = TypeVar("T")
 

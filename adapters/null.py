@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from connector.targets import Adapter, Delivered, Outcome, Record, TargetSettings
+from connector.adapter import Adapter, Delivered, Outcome, Record, TargetSettings
 
 
 class NullAdapter(Adapter[TargetSettings]):

@@ -27,10 +27,11 @@ from pydantic import (
     field_validator,
 )
 
+from connector.adapter import Adapter, TargetSettings, adapter_class
 from connector.backfill import ImportSettings
 from connector.errors import ConfigError
-from connector.mapping import Mapping, StrictYamlLoader, load_mapping
-from connector.targets import Adapter, TargetSettings, adapter_class
+from connector.keys import TargetKey
+from connector.mapping import FieldMapping, StrictYamlLoader, load_mapping
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
@@ -130,11 +131,11 @@ class Target:
     name: str
     settings: TargetSettings
     adapter: type[Adapter]
-    mapping: Mapping
+    mapping: FieldMapping
 
     @property
-    def key(self) -> str:
-        return f"{self.tenant}/{self.name}"
+    def key(self) -> TargetKey:
+        return TargetKey.of(self.tenant, self.name)
 
 
 @dataclass(frozen=True)

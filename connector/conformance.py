@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
+from connector.adapter import Adapter, Delivered, Operation, Outcome, Record, TargetContext
 from connector.errors import TargetPaused
 from connector.mapping import load_mapping
-from connector.targets import Adapter, Delivered, Operation, Outcome, Record, TargetContext
 
 # The mapped fields of every record the suite pushes: plain names most CRMs have.
 FIELDS = ("email", "firstname", "lastname")
@@ -70,7 +70,7 @@ class AdapterConformance:
 
     def context(self) -> TargetContext:
         mapping = {"fields": {name: name for name in FIELDS}}
-        return TargetContext(self.tenant, self.target, load_mapping(mapping, Path.cwd()))
+        return TargetContext(self.tenant, self.target, load_mapping(mapping, Path.cwd()).fields)
 
     def record(
         self, n: int, op: Operation = "upsert", *, version: int = 1, event_id: str | None = None

@@ -34,12 +34,7 @@ from collections.abc import Sequence
 import orjson
 
 from connector import mirror
-from connector.config import Target
-from connector.errors import RecordMappingError, TargetPaused
-from connector.metrics import Metrics
-from connector.observability import get_logger
-from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
-from connector.targets import (
+from connector.adapter import (
     CLAIM_HOLD,
     Adapter,
     ClaimHold,
@@ -51,6 +46,11 @@ from connector.targets import (
     Retry,
     Undelivered,
 )
+from connector.config import Target
+from connector.errors import RecordMappingError, TargetPaused
+from connector.metrics import Metrics
+from connector.observability import get_logger
+from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
 
 log = get_logger("connector.delivery")
 

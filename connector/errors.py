@@ -8,7 +8,7 @@ problems are the heart of the project: each one carries the outcome the records 
     │   └── MappingError       a mapping that does not compile (file, field, problem)
     ├── RecordMappingError     one payload that a compiled mapping could not map (dead letter)
     └── DeliveryError          raised by an adapter for a whole batch
-        ├── Undelivered        (connector.targets) carries an outcome: Retry (outage, 5xx,
+        ├── Undelivered        (connector.adapter) carries an outcome: Retry (outage, 5xx,
         │                      timeout, 429) or Dead (never accepted as it is: dead letter)
         └── TargetPaused       the target refuses everything (bad token, daily limit): pause
 """
@@ -48,7 +48,7 @@ class RecordMappingError(ConnectorError):
 class DeliveryError(ConnectorError):
     """An adapter could not deliver a batch. Subclasses say what the worker should do.
 
-    ``connector.targets.Undelivered`` carries the outcome (``Retry`` or ``Dead``) every record of
+    ``connector.adapter.Undelivered`` carries the outcome (``Retry`` or ``Dead``) every record of
     the push gets; ``TargetPaused`` stops the target.
     """
 

@@ -64,7 +64,7 @@ from jmespath.exceptions import JMESPathError
 from connector.errors import MappingError, RecordMappingError
 from connector.jmespath_compiler import Getter, compile_expression, describe_error
 
-__all__ = ["Mapping", "StrictYamlLoader", "load_mapping"]
+__all__ = ["FieldMapping", "StrictYamlLoader", "load_mapping"]
 
 _TOP_LEVEL = ("extends", "description", "fields")
 _OPTIONS = (
@@ -89,7 +89,7 @@ _COUNTRY_ALIASES = {
 }  # fmt: skip
 
 
-class Mapping:
+class FieldMapping:
     """A compiled mapping: ``apply`` turns one payload into one record."""
 
     __slots__ = ("_steps", "fields", "source")
@@ -100,7 +100,7 @@ class Mapping:
         self._steps = tuple(steps)  # (field, getter, keep even when missing: has a default)
 
     def __repr__(self) -> str:
-        return f"Mapping({self.source!r}, fields={self.fields!r})"
+        return f"FieldMapping({self.source!r}, fields={self.fields!r})"
 
     def apply(self, payload: cabc.Mapping[str, Any]) -> dict[str, Any]:
         """The mapped record, keys in ``fields`` order; missing values are left out."""
@@ -121,7 +121,7 @@ class Mapping:
 
 def load_mapping(
     spec: str | Path | dict[str, Any], base_dir: Path, *, origin: str = "mapping"
-) -> Mapping:
+) -> FieldMapping:
     """Load and compile a mapping file (``spec`` a path, relative to ``base_dir``) or an inline
     mapping (``spec`` a dict whose ``extends`` is relative to ``base_dir``; ``origin`` labels it
     in errors)."""
@@ -138,7 +138,7 @@ def load_mapping(
     for name, (field_source, field_spec) in fields.items():
         get, keep = _compile_field(field_source, name, field_spec)
         steps.append((name, get, keep))
-    return Mapping(source, steps)
+    return FieldMapping(source, steps)
 
 
 # --- Loading files, extends -------------------------------------------------------------------

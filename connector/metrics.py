@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from connector import __version__
+from connector.adapter import TargetReporter
+from connector.keys import TargetKey
 from connector.store.base import TargetStatus
-from connector.targets import TargetReporter
 
 PREFIX = "mimeeq_connector"
 
@@ -71,7 +72,8 @@ class Metrics:
         """Refresh the gauges from the store's view of every target."""
         now = time.time() if now is None else now
         for status in statuses:
-            tenant, _, target = status.target.partition("/")
+            key = TargetKey(status.target)
+            tenant, target = key.tenant, key.name
             self.pending.labels(tenant, target).set(status.pending)
             age = now - status.oldest_pending_at if status.oldest_pending_at else 0.0
             self.oldest.labels(tenant, target).set(max(age, 0.0))

@@ -27,9 +27,9 @@ from typing import Any
 
 import orjson
 
+from connector.adapter import Record
 from connector.observability import mask
 from connector.store.base import SyncState
-from connector.targets import Record
 
 
 def digest(value: Any) -> str:

@@ -7,12 +7,12 @@ tolerated (Mimeeq adds fields over time) and kept, since the raw body is what ge
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, NotRequired
 
 from pydantic import ConfigDict, StringConstraints, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from connector.targets import Operation
+from connector.adapter import Operation
 
 CONTACT_EVENTS: dict[str, Operation] = {
     "contact-created": "upsert",
@@ -100,5 +100,3 @@ PAYLOAD_SCHEMAS: dict[str, TypeAdapter[ContactPayload] | TypeAdapter[DeletedCont
     "contact-updated": CONTACT,
     "contact-deleted": DELETED_CONTACT,
 }
-
-EventStatus = Literal["queued", "ignored", "dropped"]

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from connector.adapter import TargetContext
 from connector.config import Config, Target, load_config
 from connector.delivery import TargetWorker
 from connector.errors import ConfigError
@@ -26,7 +27,6 @@ from connector.store import open_store
 from connector.store.base import Store, TargetStatus
 from connector.store.postgres import redacted
 from connector.store.sqlite import sqlite_path
-from connector.targets import TargetContext
 
 log = get_logger("connector.service")
 
@@ -215,7 +215,9 @@ class Service:
 
     async def _start_worker(self, target: Target) -> None:
         report = MetricsReporter(self.metrics, target.tenant, target.name)
-        context = TargetContext(target.tenant, target.name, target.mapping, report, self._limiter)
+        context = TargetContext(
+            target.tenant, target.name, target.mapping.fields, report, self._limiter
+        )
         adapter = target.adapter(target.settings, context)
         await adapter.open()
         worker = TargetWorker(target, adapter, self.store, self.metrics)

@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from connector.errors import DeliveryError
-from connector.targets import (
+from connector.adapter import (
     Adapter,
     Dead,
     Delivered,
@@ -17,6 +16,7 @@ from connector.targets import (
     TargetSettings,
     register_adapter,
 )
+from connector.errors import DeliveryError
 
 Script = Callable[[Record], Outcome | None]
 

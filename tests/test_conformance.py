@@ -25,8 +25,8 @@ from adapters.csvfile import CsvAdapter, CsvSettings
 from adapters.hubspot import HubSpotAdapter, HubSpotSettings
 from adapters.null import NullAdapter
 from adapters.rest import RestAdapter, RestSettings
+from connector.adapter import Adapter, TargetContext, TargetSettings
 from connector.conformance import AdapterConformance, NotApplicable
-from connector.targets import Adapter, TargetContext, TargetSettings
 from fake_hubspot import FakeHubSpot
 from tests.conftest import ROOT
 

@@ -8,7 +8,6 @@ import errno
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,10 @@ import pydantic
 import pytest
 
 from adapters.csvfile import CsvAdapter, CsvSettings
+from connector.adapter import Dead, Delivered, Record, TargetContext, Undelivered, adapter_class
 from connector.errors import ConfigError
-from connector.targets import Dead, Delivered, Record, TargetContext, Undelivered, adapter_class
 
 FIELDS = ("email", "firstname", "tags")
-
-
-@dataclass(frozen=True)
-class FakeMapping:
-    fields: tuple[str, ...]
 
 
 def settings(tmp_path: Path, **extra: Any) -> CsvSettings:
@@ -35,7 +29,7 @@ def settings(tmp_path: Path, **extra: Any) -> CsvSettings:
 def make(tmp_path: Path, fields: tuple[str, ...] = FIELDS, **extra: Any) -> CsvAdapter:
     adapter = CsvAdapter(
         settings(tmp_path, **extra),
-        TargetContext(tenant="demo", name="sheet", mapping=FakeMapping(fields)),  # type: ignore[arg-type]
+        TargetContext(tenant="demo", name="sheet", fields=fields),
     )
     adapter.write_retry_wait = 0  # keep failure tests fast
     return adapter

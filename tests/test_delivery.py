@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from connector import delivery
+from connector.adapter import Dead, Record, Retry, Undelivered
 from connector.config import load_config
 from connector.delivery import backoff_delay
 from connector.errors import TargetPaused
 from connector.service import Service
-from connector.targets import Dead, Record, Retry, Undelivered
 from tests.conftest import (
     FAKE_MAPPING,
     contact,

@@ -17,10 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from adapters.hubspot import HubSpotAdapter, HubSpotSettings
-from connector.cli import main
-from connector.errors import TargetPaused
-from connector.mapping import load_mapping
-from connector.targets import (
+from connector.adapter import (
     CLAIM_HOLD,
     ClaimHold,
     CompanyLink,
@@ -30,6 +27,9 @@ from connector.targets import (
     Retry,
     TargetContext,
 )
+from connector.cli import main
+from connector.errors import TargetPaused
+from connector.mapping import FieldMapping, load_mapping
 from fake_hubspot import FakeHubSpot
 from tests.conftest import CUSTOMER, ROOT, contact
 
@@ -71,6 +71,9 @@ async def fake() -> AsyncIterator[FakeHubSpot]:
         await hub.stop()
 
 
+MAPPINGS: dict[HubSpotAdapter, FieldMapping] = {}  # each adapter's mapping, to build its records
+
+
 @pytest.fixture
 async def make_adapter(fake: FakeHubSpot) -> AsyncIterator[Callable[..., Any]]:
     made: list[HubSpotAdapter] = []
@@ -81,7 +84,8 @@ async def make_adapter(fake: FakeHubSpot) -> AsyncIterator[Callable[..., Any]]:
             {"type": "hubspot", "mapping": "unused", "access_token": TOKEN,
              "base_url": fake.url, **options}
         )  # fmt: skip
-        adapter = HubSpotAdapter(settings, TargetContext("demo", "hubspot", mapping))
+        adapter = HubSpotAdapter(settings, TargetContext("demo", "hubspot", mapping.fields))
+        MAPPINGS[adapter] = mapping
         adapter.api.transient_attempts = 2
         await adapter.open()
         made.append(adapter)
@@ -105,7 +109,7 @@ def record(
 ) -> Record:
     """Contact ``n``; ``after``: the record last confirmed written, to plan a diff against."""
     payload = contact(n, **changes)
-    fields = adapter.context.mapping.apply(payload)
+    fields = MAPPINGS[adapter].apply(payload)
     unchanged: frozenset[str] = frozenset()
     cleared: tuple[str, ...] = ()
     if after is not None:  # what the worker plans from the sync state

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from connector.errors import MappingError, RecordMappingError
 from connector.jmespath_compiler import compile_expression
-from connector.mapping import Mapping, load_mapping
+from connector.mapping import FieldMapping, load_mapping
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
@@ -34,7 +34,7 @@ def write(directory: Path, name: str, text: str) -> Path:
     return path
 
 
-def inline(tmp_path: Path, fields: dict[str, Any]) -> Mapping:
+def inline(tmp_path: Path, fields: dict[str, Any]) -> FieldMapping:
     return load_mapping({"fields": fields}, tmp_path, origin="config.yaml: tenants.t.mapping")
 
 

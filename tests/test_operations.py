@@ -10,10 +10,10 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
+from connector.adapter import Dead
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
-from connector.targets import Dead
 from tests.conftest import (
     CUSTOMER,
     FAKE_MAPPING,

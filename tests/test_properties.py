@@ -36,11 +36,11 @@ from yarl import URL
 from adapters.csvfile import _FORMULA_STARTS, CsvAdapter, CsvSettings
 from adapters.hubspot import hubspot_value
 from adapters.rest import RestAdapter, RestSettings
+from connector.adapter import Delivered, Record, TargetContext
 from connector.config import load_config
-from connector.mapping import Mapping, load_mapping
+from connector.mapping import FieldMapping, load_mapping
 from connector.payloads import PAYLOAD_SCHEMAS
 from connector.service import Service
-from connector.targets import Delivered, Record, TargetContext
 from tests.conftest import CUSTOMER, ROOT, TOKEN, contact, write_config
 
 MAPPINGS = {
@@ -127,7 +127,7 @@ def accepted(event: str, payload: dict[str, Any]) -> None:
     PAYLOAD_SCHEMAS[event].validate_python(payload)
 
 
-def mapped(mapping: Mapping, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+def mapped(mapping: FieldMapping, event: str, payload: dict[str, Any]) -> dict[str, Any]:
     accepted(event, payload)
     record = mapping.apply(payload)  # raising anything at all fails the property
     assert set(record) <= set(mapping.fields)
@@ -198,7 +198,7 @@ async def test_csv_cells_are_text_no_spreadsheet_runs(
     with tempfile.TemporaryDirectory() as folder:
         options = {"type": "csv", "mapping": "-", "path": "contacts.csv"}
         csv_settings = CsvSettings.model_validate(options, context={"base_dir": Path(folder)})
-        adapter = CsvAdapter(csv_settings, TargetContext("demo", "sheet", mapping))
+        adapter = CsvAdapter(csv_settings, TargetContext("demo", "sheet", mapping.fields))
         await adapter.open()
         live: set[str] = set()
         for name, payload in events:
@@ -262,7 +262,7 @@ async def test_rest_paths_keep_each_value_in_one_segment(contact_id: str, remote
     }
     options = {"type": "rest", "mapping": "-", "base_url": BASE, **ops}
     rest_settings = RestSettings.model_validate(options, context={"base_dir": ROOT})
-    adapter = RestAdapter(rest_settings, TargetContext("demo", "crm", mapping))
+    adapter = RestAdapter(rest_settings, TargetContext("demo", "crm", mapping.fields))
     payload = orjson.loads(json.dumps(contact(1, id=contact_id)))
     upsert = record(contact_id, mapping.apply(payload), payload)
     delete = record(contact_id, {}, payload, op="delete", remote_id=remote_id)

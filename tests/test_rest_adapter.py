@@ -24,10 +24,7 @@ from tenacity import wait_none
 
 import adapters.rest.adapter
 from adapters.rest import RestAdapter, RestSettings
-from connector.config import load_config
-from connector.errors import ConfigError, TargetPaused
-from connector.mapping import load_mapping
-from connector.targets import (
+from connector.adapter import (
     CLAIM_HOLD,
     ClaimHold,
     Dead,
@@ -37,6 +34,9 @@ from connector.targets import (
     TargetContext,
     adapter_class,
 )
+from connector.config import load_config
+from connector.errors import ConfigError, TargetPaused
+from connector.mapping import FieldMapping, load_mapping
 from tests.conftest import ROOT, contact, write_config
 
 BASE = "https://crm.test/api/v1"
@@ -67,6 +67,9 @@ async def crm() -> AsyncIterator[respx.MockRouter]:
         yield router
 
 
+MAPPINGS: dict[RestAdapter, FieldMapping] = {}  # each adapter's mapping, to build its records
+
+
 @pytest.fixture
 async def make_adapter(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     made: list[RestAdapter] = []
@@ -75,7 +78,8 @@ async def make_adapter(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         mapping = load_mapping(options.pop("mapping", "mappings/rest-contacts.yaml"), ROOT)
         options = {"type": "rest", "mapping": "-", "base_url": BASE, **(ops or CRUD), **options}
         settings = RestSettings.model_validate(options, context={"base_dir": tmp_path})
-        adapter = RestAdapter(settings, TargetContext("demo", "crm", mapping))
+        adapter = RestAdapter(settings, TargetContext("demo", "crm", mapping.fields))
+        MAPPINGS[adapter] = mapping
         adapter.call_wait = wait_none()  # type: ignore[misc]
         await adapter.open()
         made.append(adapter)
@@ -103,7 +107,7 @@ def record(
         op=op,  # type: ignore[arg-type]
         event=event or ("contact-deleted" if op == "delete" else "contact-updated"),
         event_id=f"event-{n}",
-        fields=adapter.context.mapping.apply(payload),
+        fields=MAPPINGS[adapter].apply(payload),
         payload=payload,
         remote_id=remote_id,
         attempt=1,
@@ -162,7 +166,8 @@ async def test_secrets_come_from_the_environment_and_never_show(
     config = load_config(write_config(tmp_path, {"crm": target}))
     (loaded,) = config.targets
     assert loaded.adapter is RestAdapter is adapter_class("rest")
-    adapter = RestAdapter(loaded.settings, TargetContext("demo", "crm", loaded.mapping))
+    adapter = RestAdapter(loaded.settings, TargetContext("demo", "crm", loaded.mapping.fields))
+    MAPPINGS[adapter] = loaded.mapping
     await adapter.open()
     crm.post("/contacts").mock(return_value=httpx.Response(201, json={}))
     crm.patch("/contacts/9").mock(return_value=httpx.Response(401, json={"error": "bad token"}))

@@ -4,7 +4,7 @@ Writes
 * Creates and updates go through ``batch/upsert`` keyed by ``id_property`` (a unique custom
   property filled with the Mimeeq id by the connector itself, or ``email``): no search-then-create,
   so two workers can never create the same contact twice.
-* An upsert is a diff (see :mod:`connector.targets`): it sends the record's changes, ``""`` for
+* An upsert is a diff (see :mod:`connector.adapter`): it sends the record's changes, ``""`` for
   each property in ``Record.cleared`` (HubSpot clears a property with ""), and the id property.
   A property neither changed nor cleared is not sent: what a HubSpot user set on properties the
   connector never wrote is never touched. If HubSpot answers ``"new": true`` to a partial write

@@ -19,7 +19,7 @@ from adapters.hubspot.api import (
     log,
 )
 from adapters.hubspot.setup import _describe, _existing_id, _Setup, _with_options
-from connector.targets import (
+from connector.adapter import (
     Adapter,
     CompanyLink,
     Dead,

@@ -22,10 +22,7 @@ from tenacity import (
 
 from adapters import http
 from adapters.http import Transient, retry_after, timed_send, with_retries
-from connector.errors import DeliveryError, TargetPaused
-from connector.observability import get_logger
-from connector.ratelimit import LimiterFactory, RateLimiter, shared_limiter
-from connector.targets import (
+from connector.adapter import (
     Record,
     Retry,
     TargetReporter,
@@ -33,6 +30,9 @@ from connector.targets import (
     Undelivered,
     check_claim,
 )
+from connector.errors import DeliveryError, TargetPaused
+from connector.observability import get_logger
+from connector.ratelimit import LimiterFactory, RateLimiter, shared_limiter
 
 log = get_logger("adapters.hubspot")
 

@@ -14,7 +14,7 @@ from adapters.hubspot.api import (
     HubSpotApi,
     HubSpotSettings,
 )
-from connector.targets import (
+from connector.adapter import (
     Retry,
     TargetContext,
     Undelivered,

@@ -40,9 +40,7 @@ from adapters.rest.templates import (
     log,
     render_body,
 )
-from connector.errors import TargetPaused
-from connector.ratelimit import RateLimiter
-from connector.targets import (
+from connector.adapter import (
     Adapter,
     Dead,
     Delivered,
@@ -53,6 +51,8 @@ from connector.targets import (
     Undelivered,
     check_claim,
 )
+from connector.errors import TargetPaused
+from connector.ratelimit import RateLimiter
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,11 +28,11 @@ from adapters.rest.templates import (
     _search,
     compile_body,
 )
-from connector.jmespath_compiler import Getter, compile_expression
-from connector.targets import (
+from connector.adapter import (
     ConfigPath,
     TargetSettings,
 )
+from connector.jmespath_compiler import Getter, compile_expression
 
 
 class Endpoint(BaseModel):

@@ -15,11 +15,11 @@ from pydantic import (
     Field,
 )
 
-from connector.jmespath_compiler import Getter, compile_expression, describe_error
-from connector.observability import get_logger
-from connector.targets import (
+from connector.adapter import (
     Record,
 )
+from connector.jmespath_compiler import Getter, compile_expression, describe_error
+from connector.observability import get_logger
 
 log = get_logger("adapters.rest")
 

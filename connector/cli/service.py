@@ -13,6 +13,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
+from connector.adapter import TargetContext
 from connector.cli.base import (
     config_option,
     find_target,
@@ -25,12 +26,12 @@ from connector.cli.base import (
 )
 from connector.config import Config, Target, default_config_path, load_config
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
+from connector.keys import TargetKey
 from connector.observability import configure_logging, get_logger
 from connector.payloads import CONTACT_EVENTS, PAYLOAD_SCHEMAS
 from connector.receiver import describe
 from connector.runtime import server_runner
 from connector.store.base import TargetStatus
-from connector.targets import TargetContext
 
 
 @main.command()
@@ -123,7 +124,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
          "STATE")
     ]  # fmt: skip
     for row in rows:
-        tenant, _, target = row.target.partition("/")
+        key = TargetKey(row.target)
+        tenant, target = key.tenant, key.name
         oldest = _age(now - row.oldest_pending_at) if row.oldest_pending_at else "-"
         state = f"paused: {row.paused_reason}" if row.paused else "active"
         pending, dead, delivered = str(row.pending), str(row.dead), str(row.delivered)
@@ -142,10 +144,10 @@ async def _status(config: Config) -> list[TargetStatus]:
 
 
 def _status_dict(row: TargetStatus, now: float) -> dict[str, Any]:
-    tenant, _, target = row.target.partition("/")
+    key = TargetKey(row.target)
     return {
-        "tenant": tenant,
-        "target": target,
+        "tenant": key.tenant,
+        "target": key.name,
         "pending": row.pending,
         "pending_contacts": row.contacts,
         "dead": row.dead,
@@ -199,7 +201,9 @@ async def _hubspot_setup(target: Target, say: Callable[[str], None]) -> None:
 
     settings = target.settings
     assert isinstance(settings, HubSpotSettings)  # the caller checked the target's type
-    adapter = HubSpotAdapter(settings, TargetContext(target.tenant, target.name, target.mapping))
+    adapter = HubSpotAdapter(
+        settings, TargetContext(target.tenant, target.name, target.mapping.fields)
+    )
     try:
         await adapter.setup(say)
     finally:

@@ -30,8 +30,8 @@ from typing import Literal
 
 import orjson
 
+from connector.adapter import Operation
 from connector.ratelimit import RateLimiter
-from connector.targets import Operation
 
 ResultKind = Literal["delivered", "unchanged", "retry", "dead", "release"]
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from connector.targets import (
+from connector.adapter import (
     Adapter,
     ConfigPath,
     Delivered,

@@ -43,10 +43,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from typing_extensions import TypeVar
 
 from connector.errors import ConfigError, DeliveryError
+from connector.keys import TargetKey
 from connector.ratelimit import LimiterFactory, shared_limiter
 
 if TYPE_CHECKING:
-    from connector.mapping import Mapping as FieldMapping
+    pass
 
 ENTRY_POINT_GROUP = "mimeeq_connector.adapters"
 
@@ -209,18 +210,13 @@ class TargetContext:
 
     tenant: str
     name: str
-    mapping: FieldMapping
+    fields: tuple[str, ...]  # the mapped field names, in the mapping's order
     report: TargetReporter = field(default_factory=TargetReporter)
     limiter: LimiterFactory = shared_limiter  # the account's request budget, for rate limits
 
     @property
-    def key(self) -> str:
-        return f"{self.tenant}/{self.name}"
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """The mapped field names, in the mapping's order: all an adapter needs of the mapping."""
-        return tuple(self.mapping.fields)
+    def key(self) -> TargetKey:
+        return TargetKey.of(self.tenant, self.name)
 
 
 # The default keeps a bare ``Adapter`` meaning ``Adapter[TargetSettings]``.
