@@ -43,7 +43,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from typing_extensions import TypeVar
 
 from connector.errors import ConfigError, DeliveryError
-from connector.keys import TargetKey
+from connector.keys import TargetKey, target_key
 from connector.ratelimit import LimiterFactory, shared_limiter
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ class TargetContext:
 
     @property
     def key(self) -> TargetKey:
-        return TargetKey.of(self.tenant, self.name)
+        return target_key(self.tenant, self.name)
 
 
 # The default keeps a bare ``Adapter`` meaning ``Adapter[TargetSettings]``.

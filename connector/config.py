@@ -30,7 +30,7 @@ from pydantic import (
 from connector.adapter import Adapter, TargetSettings, adapter_class
 from connector.backfill import ImportSettings
 from connector.errors import ConfigError
-from connector.keys import TargetKey
+from connector.keys import TargetKey, target_key
 from connector.mapping import FieldMapping, StrictYamlLoader, load_mapping
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -135,7 +135,7 @@ class Target:
 
     @property
     def key(self) -> TargetKey:
-        return TargetKey.of(self.tenant, self.name)
+        return target_key(self.tenant, self.name)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,17 @@ each header are at most ``max_header_bytes`` and there are at most ``max_headers
 Malformed HTTP gets a JSON 400 too (at once, even when a chunked body breaks after the head),
 and a one-line log rather than a traceback; so does whatever aiohttp itself would answer in plain
 text (a request target that is not a path: ``CONNECT host:443``, ``OPTIONS *``).
+
+aiohttp's public options do most of this: the header limits, ``keepalive_timeout`` and
+``auto_decompress`` are keyword arguments of its ``RequestHandler``, the drain on shutdown is
+``AppRunner(shutdown_timeout=...)``, the body limit ``Application(client_max_size=...)``. What it
+has no option for is here, and only here: a deadline for a whole request (its own timeouts are
+per read, so a sender trickling a byte a second holds a connection forever), a cap on open
+connections (it accepts without limit), JSON instead of its plain-text errors, and the
+``100 Continue`` of a custom expect handler. These use aiohttp internals (``RequestHandler``'s
+message queue, ``BaseSite``'s ``_server``/``_runner``/``_backlog``, ``Server.request_handler``),
+so ``pyproject.toml`` pins aiohttp to the minor release the tests run against; a new release is
+taken by raising that bound once ``tests/`` pass on it.
 """
 
 from __future__ import annotations
@@ -23,9 +34,24 @@ from aiohttp.http_parser import RawRequestMessage
 
 from connector.config import ServerSettings
 from connector.observability import Throttled, get_logger
-from connector.receiver import SERVER, ReadTimeout, error, first_line
+from connector.responses import SERVER, error, first_line
 
 log = get_logger("connector.http")
+
+
+class ReadTimeout(TimeoutError):
+    """A request did not arrive whole within ``read_timeout``: raised by its body's reads."""
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """The go-ahead an ``Expect: 100-continue`` client waits for before sending its body.
+
+    aiohttp sends it only from its default expect handler; a custom one (which may refuse
+    before the upload) must write it itself, the same way.
+    """
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started (as aiohttp does)
 
 
 # --- Connections ------------------------------------------------------------------------------

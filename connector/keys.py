@@ -1,21 +1,21 @@
 """A target's key: ``tenant/name``, the one name of a configured target across the store, the
-metrics, the logs and the command line. The store keeps it as text, so it is a ``str``; the two
-parts are read from it here, never by splitting it elsewhere."""
+metrics, the logs and the command line. It is built and taken apart here, nowhere else.
+
+A ``NewType`` of ``str`` rather than a class: keys are stored as text and used as JSON object
+keys, which orjson takes only as exact ``str``."""
 
 from __future__ import annotations
 
+from typing import NewType
 
-class TargetKey(str):
-    __slots__ = ()
+TargetKey = NewType("TargetKey", str)
 
-    @classmethod
-    def of(cls, tenant: str, name: str) -> TargetKey:
-        return cls(f"{tenant}/{name}")
 
-    @property
-    def tenant(self) -> str:
-        return self.partition("/")[0]
+def target_key(tenant: str, name: str) -> TargetKey:
+    return TargetKey(f"{tenant}/{name}")
 
-    @property
-    def name(self) -> str:
-        return self.partition("/")[2]
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(tenant, name)`` of a target key."""
+    tenant, _, name = key.partition("/")
+    return tenant, name

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from connector import __version__
 from connector.adapter import TargetReporter
-from connector.keys import TargetKey
+from connector.keys import split_key
 from connector.store.base import TargetStatus
 
 PREFIX = "mimeeq_connector"
@@ -72,8 +72,7 @@ class Metrics:
         """Refresh the gauges from the store's view of every target."""
         now = time.time() if now is None else now
         for status in statuses:
-            key = TargetKey(status.target)
-            tenant, target = key.tenant, key.name
+            tenant, target = split_key(status.target)
             self.pending.labels(tenant, target).set(status.pending)
             age = now - status.oldest_pending_at if status.oldest_pending_at else 0.0
             self.oldest.labels(tenant, target).set(max(age, 0.0))

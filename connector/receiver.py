@@ -23,52 +23,32 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from pydantic import ValidationError
 
-from connector.config import Tenant
+from connector.config import ServerSettings, Tenant
+from connector.health import StoreHealth
+from connector.http_server import ReadTimeout, send_continue
 from connector.observability import get_logger
 from connector.payloads import CONTACT_EVENTS, OTHER_EVENTS, PAYLOAD_SCHEMAS
-from connector.store.base import NewEvent
-
-if TYPE_CHECKING:
-    from connector.service import Service
+from connector.responses import HEADERS, echo, error, first_line, json_response, unavailable
+from connector.store.base import Accepted, NewEvent
 
 log = get_logger("connector.receiver")
 
 _NO_TOKEN = b"\x00" * 32  # compared against when the tenant is unknown, to take the same time
 MAX_DEPTH = 32  # levels of nesting in a body; Mimeeq's payloads use 3
-_ECHO = 100  # characters of a caller's text quoted back in an error, at most
 # Content types read as JSON (besides application/*+json): see unsupported_body.
 _JSON_TYPES = frozenset({"application/json", "text/json", "text/plain", "application/octet-stream"})
-SERVER = "mimeeq-connector"  # the Server header: aiohttp's default names Python and its version
-_HEADERS: dict[str, str] = {"Server": SERVER}
 STORE_RETRY_AFTER = 5  # seconds a sender is asked to wait when the store cannot write
 DRAIN_RETRY_AFTER = 5  # ... and while this process shuts down (another one takes over)
 STORE_TIMEOUT = 20.0  # seconds an event may take to be stored before the answer is 503
-
-
-def json_response(
-    status: int, body: Mapping[str, Any], headers: Mapping[str, str] = _HEADERS
-) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
-
-
-def error(status: int, message: str, **extra: Any) -> web.Response:
-    return json_response(status, {"error": message, **extra})
-
-
-def unavailable(message: str, retry_after: int) -> web.Response:
-    """503: nothing was stored; the sender should try again after ``retry_after`` seconds."""
-    headers = {**_HEADERS, "Retry-After": str(retry_after)}
-    return json_response(503, {"error": message}, headers)
 
 
 def authorized(tenant: Tenant | None, headers: Mapping[str, str]) -> bool:
@@ -178,20 +158,31 @@ def _ignore(text: str) -> None:
     """Numbers are not looked at when searching for duplicate keys."""
 
 
-def echo(text: str) -> str:
-    return text if len(text) <= _ECHO else text[:_ECHO] + "…"
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What the receiver needs from the running service, and nothing more."""
+
+    tenant: Callable[[str], Tenant | None]  # the tenant of a URL's slug, as the config says now
+    limits: ServerSettings  # read once: server settings need a restart
+    accepting: Callable[[], bool]  # False while starting or draining
+    append: Callable[[NewEvent], Awaitable[Accepted]]  # store one event durably
+    notify: Callable[[str], None]  # a tenant has new events: wake its workers
+    store_health: StoreHealth
+    events: Counter  # webhooks by tenant, event and outcome
+    render_metrics: Callable[[], Awaitable[bytes]]
+    readiness_problem: Callable[[], Awaitable[str | None]]
 
 
 class Receiver:
-    """Request handlers bound to a running service."""
+    """The webhook and probe handlers, over an :class:`Intake`."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
         self._counters: dict[tuple[str, str, str], Counter] = {}
         self._deadlines = Deadlines(STORE_TIMEOUT)
 
     async def webhook(self, request: web.Request) -> web.Response:
-        tenant = self.service.config.tenants.get(request.match_info["tenant"])
+        tenant = self.intake.tenant(request.match_info["tenant"])
         event = request.match_info["event"]
         response, outcome = await self._webhook(request, tenant, event)
         self._count(tenant, event, outcome)
@@ -203,16 +194,14 @@ class Receiver:
         expectation = request.headers.get(hdrs.EXPECT, "")
         if expectation.lower() != "100-continue":
             return error(417, f"unknown expectation {echo(expectation)!r}")
-        tenant = self.service.config.tenants.get(request.match_info["tenant"])
+        tenant = self.intake.tenant(request.match_info["tenant"])
         event = request.match_info["event"]
         refused = self._before_body(request, tenant, event)
         if refused is not None:
             response, outcome = refused
             self._count(tenant, event, outcome)
             return response
-        if request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the answer proper has not started (as aiohttp does)
+        await send_continue(request)
         return None
 
     def _count(self, tenant: Tenant | None, event: str, outcome: str) -> None:
@@ -224,7 +213,7 @@ class Receiver:
         )
         counter = self._counters.get(labels)
         if counter is None:  # looked up once: labels() takes a lock and builds a key every time
-            counter = self._counters[labels] = self.service.metrics.events.labels(*labels)
+            counter = self._counters[labels] = self.intake.events.labels(*labels)
         counter.inc()
 
     def _before_body(
@@ -234,7 +223,7 @@ class Receiver:
         if not authorized(tenant, request.headers):
             return error(401, "missing or invalid authentication header"), "unauthorized"
         assert tenant is not None
-        if not self.service.accepting:
+        if not self.intake.accepting():
             message = "the connector is shutting down; retry shortly"
             return unavailable(message, DRAIN_RETRY_AFTER), "unavailable"
         if event in OTHER_EVENTS:
@@ -245,7 +234,7 @@ class Receiver:
         unsupported = unsupported_body(request)
         if unsupported is not None:
             return self._invalid(tenant, event, 415, unsupported, outcome="unsupported")
-        limit = self.service.config.server.max_body_bytes
+        limit = self.intake.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return self._too_large(limit)
         return None
@@ -263,8 +252,8 @@ class Receiver:
         if refused is not None:
             return refused
         assert tenant is not None
-        service = self.service
-        settings = service.config.server
+        intake = self.intake
+        settings = intake.limits
         op = CONTACT_EVENTS[event]
         try:
             body = await request.read()  # stops at client_max_size: never more in memory
@@ -302,7 +291,7 @@ class Receiver:
         if task is not None:
             self._deadlines.watch(task)
         try:
-            accepted = await service.store.append(
+            accepted = await intake.append(
                 NewEvent(tenant.slug, event, payload["id"], op, body, tenant.enabled_targets)
             )
         except asyncio.CancelledError:
@@ -314,10 +303,10 @@ class Receiver:
         finally:
             if task is not None:
                 self._deadlines.forget(task)
-        if service.store_health.failing is not None:
-            service.store_health.succeeded()
+        if intake.store_health.failing is not None:
+            intake.store_health.succeeded()
         if accepted.status == "queued":
-            service.notify(tenant.slug)
+            intake.notify(tenant.slug)
         log.debug(
             "webhook stored",
             tenant=tenant.slug,
@@ -336,10 +325,10 @@ class Receiver:
 
         Never a 500 (nothing is wrong with the request) and never a 202. An append that timed
         out may still commit: the redelivery is then answered ``duplicate``. The failure is
-        logged a line per kind per second (:class:`connector.service.StoreHealth`), and
+        logged a line per kind per second (:class:`connector.health.StoreHealth`), and
         ``/readyz`` answers 503 until the store writes again.
         """
-        self.service.store_health.failed(exc)
+        self.intake.store_health.failed(exc)
         message = "the event could not be stored; it was not accepted: retry later"
         return unavailable(message, STORE_RETRY_AFTER), "store_unavailable"
 
@@ -364,14 +353,14 @@ class Receiver:
         return response, outcome
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = await self.service.render_metrics()
-        return web.Response(body=body, headers={**_HEADERS, "Content-Type": CONTENT_TYPE_LATEST})
+        body = await self.intake.render_metrics()
+        return web.Response(body=body, headers={**HEADERS, "Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(200, {"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        problem = await self.service.readiness_problem()
+        problem = await self.intake.readiness_problem()
         if problem:
             return json_response(503, {"status": "not ready", "reason": problem})
         return json_response(200, {"status": "ready"})
@@ -382,9 +371,9 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
-def create_app(service: Service) -> web.Application:
-    receiver = Receiver(service)
-    app = web.Application(client_max_size=service.config.server.max_body_bytes)
+def create_app(intake: Intake) -> web.Application:
+    receiver = Receiver(intake)
+    app = web.Application(client_max_size=intake.limits.max_body_bytes)
     app.router.add_post(
         "/webhooks/{tenant}/{event}", receiver.webhook, expect_handler=receiver.expect
     )
@@ -450,15 +439,3 @@ class Deadlines:
             del self._started[task]
             self._expired.add(task)
             task.cancel()
-
-
-class ReadTimeout(TimeoutError):
-    """A request did not arrive whole within ``read_timeout``: raised by its body's reads."""
-
-
-def first_line(exc: BaseException) -> str:
-    """aiohttp's message for a malformed request, on one line (its own spans several)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if lines and lines[0].endswith(", message:"):  # "400, message:" then the message
-        lines = lines[1:]
-    return echo(lines[0].rstrip(":")) if lines else "unreadable"

@@ -28,7 +28,7 @@ from connector.cli.base import (
     when,
 )
 from connector.config import Config
-from connector.keys import TargetKey
+from connector.keys import split_key
 from connector.mirror import masked
 from connector.store.base import DeadLetter, NewEvent, Replayed, Trace
 
@@ -65,9 +65,9 @@ def dlq_list(
         return
     rows = [("ID", "TENANT", "TARGET", "CONTACT", "EVENT", "ATTEMPTS", "FAILED AT", "ERROR")]
     for d in letters:
-        key = TargetKey(d.target)
+        tenant, name = split_key(d.target)
         error = d.error if len(d.error) <= 100 else d.error[:99] + "…"
-        rows.append((str(d.id), key.tenant, key.name, d.contact_id, d.event_type or "-",
+        rows.append((str(d.id), tenant, name, d.contact_id, d.event_type or "-",
                      str(d.attempts), when(d.failed_at), error))  # fmt: skip
     table(rows)
 
@@ -109,8 +109,8 @@ async def _dead_letter(config: Config, dead_letter_id: int) -> DeadLetter | None
 def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
     details = asdict(letter)
     details.pop("payload")
-    key = TargetKey(letter.target)
-    return {"id": letter.id, "tenant": key.tenant, "target": key.name} | {
+    tenant, target = split_key(letter.target)
+    return {"id": letter.id, "tenant": tenant, "target": target} | {
         k: v for k, v in details.items() if k not in ("id", "target")
     }
 

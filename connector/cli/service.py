@@ -26,7 +26,7 @@ from connector.cli.base import (
 )
 from connector.config import Config, Target, default_config_path, load_config
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
-from connector.keys import TargetKey
+from connector.keys import split_key
 from connector.observability import configure_logging, get_logger
 from connector.payloads import CONTACT_EVENTS, PAYLOAD_SCHEMAS
 from connector.receiver import describe
@@ -124,8 +124,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
          "STATE")
     ]  # fmt: skip
     for row in rows:
-        key = TargetKey(row.target)
-        tenant, target = key.tenant, key.name
+        tenant, target = split_key(row.target)
         oldest = _age(now - row.oldest_pending_at) if row.oldest_pending_at else "-"
         state = f"paused: {row.paused_reason}" if row.paused else "active"
         pending, dead, delivered = str(row.pending), str(row.dead), str(row.delivered)
@@ -144,10 +143,10 @@ async def _status(config: Config) -> list[TargetStatus]:
 
 
 def _status_dict(row: TargetStatus, now: float) -> dict[str, Any]:
-    key = TargetKey(row.target)
+    tenant, target = split_key(row.target)
     return {
-        "tenant": key.tenant,
-        "target": key.name,
+        "tenant": tenant,
+        "target": target,
         "pending": row.pending,
         "pending_contacts": row.contacts,
         "dead": row.dead,
