@@ -30,13 +30,14 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not be
 from bench.common import machine
 from connector import delivery
 from connector.config import load_config
-from connector.observability import configure_logging
+from connector.logs import configure_logging
 from connector.service import Service
 from connector.store.base import NewEvent
 from connector.store.postgres import PostgresStore
-from tests.conftest import contact, fake_adapter, write_config
-from tests.fakes import FakeAdapter
-from tests.test_store import postgres_schema
+from testkit.fakes import FakeAdapter
+from testkit.payloads import contact, write_config
+from testkit.postgres import postgres_schema
+from testkit.service import fake_adapter
 
 TARGET = "demo/fake"
 

@@ -25,7 +25,7 @@ from typing import Any
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/ (hubspot.py)
 from bench.common import machine
 from bench.hubspot import contact, drained, post_burst, scenario, writes
-from connector.observability import configure_logging
+from connector.logs import configure_logging
 
 CONTACTS = 1000
 

@@ -25,7 +25,7 @@ import yaml
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/ (hubspot.py)
 from bench.common import ROOT, machine
 from connector.config import load_config
-from connector.observability import configure_logging
+from connector.logs import configure_logging
 from connector.runtime import server_runner
 from connector.service import Service
 from fake_hubspot import FakeHubSpot

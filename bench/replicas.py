@@ -37,7 +37,7 @@ from bench.common import (
     wait_for_port,
 )
 from bench.ingest import BODY, CUSTOMER, TOKEN, WRK_SCRIPT, load_in_child
-from tests.test_store import with_search_path
+from testkit.postgres import with_search_path
 
 DEFAULT_URL = os.environ.get("CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -48,8 +48,8 @@ from connector.adapter import (
 )
 from connector.config import Target
 from connector.errors import RecordMappingError, TargetPaused
+from connector.logs import get_logger
 from connector.metrics import Metrics
-from connector.observability import get_logger
 from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
 
 log = get_logger("connector.delivery")

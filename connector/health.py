@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from connector.observability import Throttled, get_logger
+from connector.logs import Throttled, get_logger
 from connector.store.base import Store
 
 log = get_logger("connector.service")

@@ -33,7 +33,7 @@ from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 
 from connector.config import ServerSettings
-from connector.observability import Throttled, get_logger
+from connector.logs import Throttled, get_logger
 from connector.responses import SERVER, error, first_line
 
 log = get_logger("connector.http")

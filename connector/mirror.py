@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from connector.adapter import Record
-from connector.observability import mask
+from connector.logs import mask
 from connector.store.base import SyncState
 
 

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from connector.config import ServerSettings, Tenant
 from connector.health import StoreHealth
 from connector.http_server import ReadTimeout, send_continue
-from connector.observability import get_logger
+from connector.logs import get_logger
 from connector.payloads import CONTACT_EVENTS, OTHER_EVENTS, PAYLOAD_SCHEMAS
 from connector.responses import HEADERS, echo, error, first_line, json_response, unavailable
 from connector.store.base import Accepted, NewEvent

@@ -17,8 +17,8 @@ from connector.delivery import TargetWorker
 from connector.errors import ConfigError
 from connector.health import StoreHealth, describe_error
 from connector.http_server import WebhookSite
+from connector.logs import get_logger, log_loop_exception
 from connector.metrics import Metrics, MetricsReporter
-from connector.observability import get_logger, log_loop_exception
 from connector.ratelimit import RateLimiter, account_key, shared_limiter
 from connector.receiver import Intake, create_app
 from connector.store import open_store

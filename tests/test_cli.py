@@ -14,17 +14,9 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
-from tests.conftest import (
-    DATA,
-    FAKE_MAPPING,
-    ROOT,
-    contact,
-    fake_adapter,
-    send,
-    status_reaches,
-    write_config,
-)
-from tests.waiting import eventually
+from testkit.payloads import DATA, FAKE_MAPPING, ROOT, contact, write_config
+from testkit.service import fake_adapter, send, status_reaches
+from testkit.waiting import eventually
 
 
 def run(*args: str) -> tuple[int, str, str]:

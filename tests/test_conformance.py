@@ -28,7 +28,7 @@ from adapters.rest import RestAdapter, RestSettings
 from connector.adapter import Adapter, TargetContext, TargetSettings
 from connector.conformance import AdapterConformance, NotApplicable
 from fake_hubspot import FakeHubSpot
-from tests.conftest import ROOT
+from testkit.payloads import ROOT
 
 TOKEN = "hs-conformance-token"
 BASE = "https://crm.test/api/v1"

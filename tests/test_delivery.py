@@ -16,16 +16,10 @@ from connector.config import load_config
 from connector.delivery import backoff_delay
 from connector.errors import TargetPaused
 from connector.service import Service
-from tests.conftest import (
-    FAKE_MAPPING,
-    contact,
-    fake_adapter,
-    send,
-    status_reaches,
-    write_config,
-)
-from tests.fakes import FakeAdapter
-from tests.waiting import eventually
+from testkit.fakes import FakeAdapter
+from testkit.payloads import FAKE_MAPPING, contact, write_config
+from testkit.service import fake_adapter, send, status_reaches
+from testkit.waiting import eventually
 
 
 async def test_a_contact_arrives_mapped(running: Callable[..., Any]) -> None:

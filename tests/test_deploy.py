@@ -31,7 +31,7 @@ README = ROOT / "README.md"
 CONNECTOR_CONTAINER = "mimeeq-connector"
 IN_CI = os.environ.get("CI") == "true"
 
-# The connector's metrics (connector/observability): the only names dashboards and alerts may use.
+# The connector's metrics (connector/metrics.py): the only names dashboards and alerts may use.
 METRICS = {
     "mimeeq_connector_events_received_total",
     "mimeeq_connector_deliveries_total",

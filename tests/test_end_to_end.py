@@ -13,8 +13,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import ROOT, ServerProcess, contact, example
-from tests.waiting import DEADLINE, eventually
+from testkit.payloads import ROOT, contact, example
+from testkit.service import ServerProcess
+from testkit.waiting import DEADLINE, eventually
 
 EXAMPLE_TOKEN = "demo-token-change-me"  # the documented default of config.example.yaml
 AUTH = {"X-Mimeeq-Token": EXAMPLE_TOKEN}

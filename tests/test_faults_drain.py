@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 
 from fake_hubspot import FakeHubSpot
-from tests.conftest import TOKEN, ServerProcess, contact
-from tests.test_hubspot_end_to_end import fake, hubspot_config, hubspot_token  # noqa: F401
-from tests.waiting import eventually
+from testkit.hubspot import hubspot_config
+from testkit.payloads import TOKEN, contact
+from testkit.service import ServerProcess
+from testkit.waiting import eventually
 
 DRAIN = 3.0
 # Past the drain: the store's last writes and the process's exit, on a busy machine.
@@ -29,7 +30,7 @@ EXIT_SLACK = 5.0
 async def test_sigterm_drains_on_time_whatever_the_crm_does(
     crm: str,
     tmp_path: Path,
-    fake: FakeHubSpot,  # noqa: F811
+    fake: FakeHubSpot,
     server_process: Callable[[Path], ServerProcess],
 ) -> None:
     config = hubspot_config(tmp_path, fake)

@@ -31,9 +31,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact, free_port
-from tests.test_store import postgres_schema
-from tests.waiting import DEADLINE, eventually
+from testkit.payloads import CUSTOMER, ROOT, TOKEN, contact
+from testkit.postgres import postgres_schema
+from testkit.service import ServerProcess, free_port
+from testkit.waiting import DEADLINE, eventually
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
 SHEET = "sheet.csv"
@@ -577,7 +578,7 @@ async def test_no_answer_names_python_or_aiohttp(
 
 LOGGING_PROBE = """
 import asyncio, logging, threading, warnings
-from connector.observability import configure_logging, log_loop_exception
+from connector.logs import configure_logging, log_loop_exception
 from connector.runtime import server_runner
 
 configure_logging("json", "info")

@@ -26,7 +26,7 @@ from yarl import URL
 
 from connector.config import load_config
 from connector.service import Service
-from tests.conftest import CUSTOMER, FAKE_MAPPING, TOKEN, contact, example, write_config
+from testkit.payloads import CUSTOMER, FAKE_MAPPING, TOKEN, contact, example, write_config
 
 OTHER_TOKEN = "other-token-9876543210"
 OTHER_CUSTOMER = "CUST-00000000-0000-4000-8000-0000000000bb"

@@ -31,7 +31,7 @@ from connector.cli import main
 from connector.errors import TargetPaused
 from connector.mapping import FieldMapping, load_mapping
 from fake_hubspot import FakeHubSpot
-from tests.conftest import CUSTOMER, ROOT, contact
+from testkit.payloads import CUSTOMER, ROOT, contact
 
 TOKEN = "hs-test-token"
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"

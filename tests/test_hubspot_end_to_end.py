@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-import yaml
 from click.testing import CliRunner
 
 import adapters.hubspot.api
@@ -18,84 +16,9 @@ from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
 from fake_hubspot import FakeHubSpot
-from tests.conftest import (
-    CUSTOMER,
-    ROOT,
-    TOKEN,
-    ServerProcess,
-    contact,
-    drained,
-    status_reaches,
-)
-
-HS_TOKEN = "hs-end-to-end-token"
-STATUS_WITHOUT_DEFAULT = {"from": "status", "map": {"ACTIVE": "OPEN", "INACTIVE": "UNQUALIFIED"}}
-
-
-@pytest.fixture(autouse=True)
-def hubspot_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The configs below read the fake's token from the environment, as a real one would."""
-    monkeypatch.setenv("TEST_HUBSPOT_TOKEN", HS_TOKEN)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeHubSpot]:
-    hub = FakeHubSpot(token=HS_TOKEN)
-    await hub.start()
-    hub.add_property("mimeeq_contact_id", object_type="contacts", unique=True, group="mimeeq")
-    hub.add_property(
-        "mimeeq_tags", object_type="contacts", type="enumeration", field_type="checkbox",
-        options=[("tag1", "tag1")], group="mimeeq",
-    )  # fmt: skip
-    hub.add_property(
-        "mimeeq_status", object_type="contacts", type="enumeration", field_type="select",
-        options=[("ACTIVE", "Active"), ("INACTIVE", "Inactive")], group="mimeeq",
-    )  # fmt: skip
-    try:
-        yield hub
-    finally:
-        await hub.stop()
-
-
-def hubspot_config(folder: Path, fake: FakeHubSpot, **target: Any) -> Path:
-    config = {
-        "server": {"host": "127.0.0.1", "port": 0, "drain_timeout": 10},
-        "store": {"url": "sqlite:///connector.db"},
-        "tenants": {
-            "demo": {
-                "customer_id": CUSTOMER,
-                "auth": {"header": "X-Mimeeq-Token", "values": [TOKEN]},
-                "targets": {
-                    "hubspot": {
-                        "type": "hubspot",
-                        "access_token": "${TEST_HUBSPOT_TOKEN}",
-                        "base_url": fake.url,
-                        # The shipped mapping, and the lead status as a field HubSpot can refuse.
-                        "mapping": {
-                            "extends": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
-                            "fields": {"hs_lead_status": STATUS_WITHOUT_DEFAULT},
-                        },
-                        **target,
-                    }
-                },
-            }
-        },
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-async def post_all(url: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as http:
-
-        async def post(event: str, body: dict[str, Any]) -> None:
-            async with http.post(
-                f"{url}/webhooks/demo/{event}", json=body, headers={"X-Mimeeq-Token": TOKEN}
-            ) as response:
-                assert response.status == 202, await response.text()
-
-        await asyncio.gather(*(post(event, body) for event, body in events))
+from testkit.hubspot import HS_TOKEN, hubspot_config
+from testkit.payloads import contact
+from testkit.service import ServerProcess, drained, post_all, status_reaches
 
 
 def deleted_payload(n: int) -> dict[str, Any]:

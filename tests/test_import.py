@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from connector.cli import main
 from connector.store.sqlite import SQLiteStore
-from tests.conftest import CUSTOMER, contact, write_config
+from testkit.payloads import CUSTOMER, contact, write_config
 
 HEADER = "Contact ID,First Name,Last Name,Email\n"
 

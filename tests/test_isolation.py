@@ -19,8 +19,9 @@ from connector.config import load_config
 from connector.errors import TargetPaused
 from connector.payloads import CONTACT_EVENTS, OTHER_EVENTS
 from connector.service import Service
-from tests.conftest import FAKE_MAPPING, contact, fake_adapter, status_reaches, write_config
-from tests.waiting import eventually
+from testkit.payloads import FAKE_MAPPING, contact, write_config
+from testkit.service import fake_adapter, status_reaches
+from testkit.waiting import eventually
 
 A_TOKEN, B_TOKEN = "alpha-token-0123456789", "bravo-token-0123456789"
 A_CUSTOMER = "CUST-aaaaaaaa-0000-4000-8000-000000000001"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.observability import mask
+from connector.logs import mask
 from connector.store.base import new_event_id
 
 

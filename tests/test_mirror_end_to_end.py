@@ -12,11 +12,11 @@ from pathlib import Path
 import aiohttp
 
 from fake_hubspot import FakeHubSpot
-from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
-from tests.test_hubspot_end_to_end import fake, hubspot_config, hubspot_token, post_all
-from tests.waiting import eventually
+from testkit.hubspot import hubspot_config
+from testkit.payloads import CUSTOMER, TOKEN, contact
+from testkit.service import ServerProcess, drained, post_all
+from testkit.waiting import eventually
 
-__all__ = ["fake", "hubspot_token"]  # fixtures: the fake HubSpot, its token in the env
 AUTH = {"X-Mimeeq-Token": TOKEN}
 NAMES = {"fields": {"firstname": "firstName", "lastname": "lastName", "email": "emails[0].mail"}}
 

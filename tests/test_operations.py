@@ -14,16 +14,9 @@ from connector.adapter import Dead
 from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
-from tests.conftest import (
-    CUSTOMER,
-    FAKE_MAPPING,
-    contact,
-    fake_adapter,
-    send,
-    status_reaches,
-    write_config,
-)
-from tests.waiting import eventually
+from testkit.payloads import CUSTOMER, FAKE_MAPPING, contact, write_config
+from testkit.service import fake_adapter, send, status_reaches
+from testkit.waiting import eventually
 
 
 async def cli(*args: str) -> Result:

@@ -25,9 +25,11 @@ from connector.config import load_config
 from connector.service import Service
 from connector.store.base import Accepted, Claim, NewEvent, Result
 from connector.store.postgres import MIGRATIONS, PostgresStore
-from tests.conftest import ROOT, contact, fake_adapter, send, write_config
-from tests.test_store import T, event, postgres_schema
-from tests.waiting import eventually
+from testkit.payloads import ROOT, contact, write_config
+from testkit.postgres import postgres_schema
+from testkit.service import fake_adapter, send
+from testkit.store import T, event
+from testkit.waiting import eventually
 
 Replicas = Callable[..., Awaitable[PostgresStore]]
 

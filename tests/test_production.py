@@ -15,18 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import load_config
 from connector.service import Service
 from fake_hubspot import FakeHubSpot
-from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
-from tests.test_hubspot_end_to_end import HS_TOKEN, fake, hubspot_config, hubspot_token
-from tests.waiting import eventually
+from testkit.hubspot import HS_TOKEN, hubspot_config
+from testkit.payloads import CUSTOMER, TOKEN, contact
+from testkit.service import ServerProcess, drained
+from testkit.waiting import eventually
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
-__all__ = ["fake", "hubspot_token"]  # fixtures: the fake HubSpot, its token in the env
+
+pytestmark = pytest.mark.usefixtures("hubspot_token")  # as a deployment would have it
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

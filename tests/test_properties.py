@@ -41,7 +41,7 @@ from connector.config import load_config
 from connector.mapping import FieldMapping, load_mapping
 from connector.payloads import PAYLOAD_SCHEMAS
 from connector.service import Service
-from tests.conftest import CUSTOMER, ROOT, TOKEN, contact, write_config
+from testkit.payloads import CUSTOMER, ROOT, TOKEN, contact, write_config
 
 MAPPINGS = {
     path.name: load_mapping(path.name, path.parent) for path in (ROOT / "mappings").glob("*.yaml")

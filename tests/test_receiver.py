@@ -13,7 +13,8 @@ import pytest
 
 from connector.config import Config
 from connector.service import Service
-from tests.conftest import CUSTOMER, TOKEN, contact, example, fake_adapter
+from testkit.payloads import CUSTOMER, TOKEN, contact, example
+from testkit.service import fake_adapter
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
 

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from fake_hubspot import FakeHubSpot
-from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact
-from tests.test_store import postgres_schema
-from tests.waiting import eventually
+from testkit.payloads import CUSTOMER, TOKEN, contact
+from testkit.postgres import postgres_schema
+from testkit.service import ServerProcess
+from testkit.waiting import eventually
 
 HS_TOKEN = "hs-replicas-token"
 AUTH = {"X-Mimeeq-Token": TOKEN}

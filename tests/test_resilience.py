@@ -18,11 +18,11 @@ from connector.cli import main
 from connector.config import load_config
 from connector.service import Service
 from fake_hubspot import FakeHubSpot
-from tests.conftest import CUSTOMER, TOKEN, ServerProcess, contact, drained
-from tests.test_hubspot_end_to_end import fake, hubspot_config, hubspot_token
+from testkit.hubspot import hubspot_config
+from testkit.payloads import CUSTOMER, TOKEN, contact
+from testkit.service import ServerProcess, drained
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
-__all__ = ["fake", "hubspot_token"]  # fixtures: the fake HubSpot, its token in the env
 
 
 PLAIN = {"fields": {"firstname": "firstName", "lastname": "lastName", "email": "emails[0].mail"}}

@@ -37,7 +37,7 @@ from connector.adapter import (
 from connector.config import load_config
 from connector.errors import ConfigError, TargetPaused
 from connector.mapping import FieldMapping, load_mapping
-from tests.conftest import ROOT, contact, write_config
+from testkit.payloads import ROOT, contact, write_config
 
 BASE = "https://crm.test/api/v1"
 SECRET = "s3cret-crm-token-0123456789"

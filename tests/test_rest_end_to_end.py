@@ -17,8 +17,9 @@ import yaml
 from aiohttp import web
 
 from connector.mapping import load_mapping
-from tests.conftest import CUSTOMER, ROOT, TOKEN, ServerProcess, contact, drained
-from tests.waiting import eventually
+from testkit.payloads import CUSTOMER, ROOT, TOKEN, contact
+from testkit.service import ServerProcess, drained
+from testkit.waiting import eventually
 
 CRM_TOKEN = "crm-end-to-end-token-0123456789"
 MAPPING = ROOT / "mappings" / "rest-contacts.yaml"

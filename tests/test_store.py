@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
-import secrets
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,72 +26,15 @@ from connector.config import load_config
 from connector.errors import ConfigError
 from connector.store.base import ClaimedItem, NewEvent, Result, Store, SyncState
 from connector.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
-from connector.store.postgres import PostgresStore, redacted
+from connector.store.postgres import PostgresStore
 from connector.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from connector.store.sqlite import SQLiteStore
-from tests.conftest import write_config
-from tests.waiting import eventually
-
-T = "demo/crm"
+from testkit.payloads import write_config
+from testkit.postgres import postgres_schema
+from testkit.store import T, event
+from testkit.waiting import eventually
 
 # --- the two backends ----------------------------------------------------------------------------
-
-POSTGRES_URL = os.environ.get(
-    "CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
-_postgres_problem: dict[str, str | None] = {}  # URL -> why it cannot be reached (None: it can)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-async def require_postgres() -> str:
-    """The test server's URL. Skip when none is reachable; under CI=true, fail instead."""
-    if POSTGRES_URL not in _postgres_problem:
-        try:
-            conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
-        except Exception as exc:  # any reason at all: refused, unknown host, bad URL, auth
-            _postgres_problem[POSTGRES_URL] = f"{type(exc).__name__}: {exc}"
-        else:
-            await conn.close()
-            _postgres_problem[POSTGRES_URL] = None
-    problem = _postgres_problem[POSTGRES_URL]
-    if problem is not None:
-        where = redacted(POSTGRES_URL)
-        if in_ci():
-            pytest.fail(
-                f"PostgreSQL at {where} is unreachable ({problem}) and CI=true: the PostgreSQL "
-                "tests must run in CI (start the server or set CONNECTOR_TEST_POSTGRES)",
-                pytrace=False,
-            )
-        pytest.skip(
-            f"no PostgreSQL reachable at {where} ({problem}); start one or set "
-            "CONNECTOR_TEST_POSTGRES (under CI=true these tests fail instead)"
-        )
-    return POSTGRES_URL
-
-
-def with_search_path(url: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = [*urllib.parse.parse_qsl(parts.query), ("search_path", schema)]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
-@asynccontextmanager
-async def postgres_schema() -> AsyncIterator[str]:
-    """A fresh, empty schema: yields a store URL that keeps its tables there; dropped after."""
-    url = await require_postgres()
-    name = f"test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{name}"')
-        try:
-            yield with_search_path(url, name)
-        finally:
-            await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-    finally:
-        await admin.close()
 
 
 @dataclass
@@ -192,15 +130,6 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
         yield s
     finally:
         await s.close()
-
-
-_bodies = itertools.count()
-
-
-def event(contact: str, op: str = "upsert", body: bytes | None = None, *targets: str) -> NewEvent:
-    kind = {"upsert": "contact-updated", "delete": "contact-deleted"}[op]
-    body = body if body is not None else b'{"n": %d}' % next(_bodies)  # distinct: not redeliveries
-    return NewEvent("demo", kind, contact, op, body, targets or (T,))
 
 
 async def test_appended_event_is_claimed_with_its_payload(store: Store) -> None:

@@ -27,7 +27,7 @@ from connector.cli.base import (
 from connector.config import Config, Target, default_config_path, load_config
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.keys import split_key
-from connector.observability import configure_logging, get_logger
+from connector.logs import configure_logging, get_logger
 from connector.payloads import CONTACT_EVENTS, PAYLOAD_SCHEMAS
 from connector.receiver import describe
 from connector.runtime import server_runner
