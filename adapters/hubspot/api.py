@@ -31,7 +31,7 @@ from connector.adapter import (
     check_claim,
 )
 from connector.errors import DeliveryError, TargetPaused
-from connector.observability import get_logger
+from connector.logs import get_logger
 from connector.ratelimit import LimiterFactory, RateLimiter, shared_limiter
 
 log = get_logger("adapters.hubspot")

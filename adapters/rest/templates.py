@@ -19,7 +19,7 @@ from connector.adapter import (
     Record,
 )
 from connector.jmespath_compiler import Getter, compile_expression, describe_error
-from connector.observability import get_logger
+from connector.logs import get_logger
 
 log = get_logger("adapters.rest")
 
