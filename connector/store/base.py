@@ -26,7 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -39,6 +39,9 @@ ResultKind = Literal["delivered", "unchanged", "retry", "dead", "release"]
 # start when the schema is behind (``store.migrate_on_start: false``), or leave it alone (the
 # ``migrate`` command, which then calls ``Store.migrate``).
 SchemaPolicy = Literal["migrate", "verify", "as-is"]
+
+# A target's pause as stored: target, reason, until, paused at, paused by.
+PauseRow = tuple[str, str | None, float | None, float | None, str | None]
 
 
 def new_event_id() -> str:
@@ -242,23 +245,8 @@ class Trace:
     remote_ids: dict[str, str]  # target -> the target's id for the contact
 
 
-class Store(ABC):
-    """A durable queue. Every method is safe to call concurrently from the event loop."""
-
-    @abstractmethod
-    async def open(self) -> None: ...
-
-    @abstractmethod
-    async def close(self) -> None: ...
-
-    @abstractmethod
-    async def migrate(self) -> tuple[int, int]:
-        """Apply pending schema migrations; return the schema version before and after.
-
-        Safe while other processes use the store, and when several start at once: one applies
-        them, the others wait and find nothing left to do. ``open`` calls it unless the store was
-        made with another ``SchemaPolicy``.
-        """
+class QueueStore(ABC):
+    """The queue side: what the receiver and the delivery workers use."""
 
     @abstractmethod
     async def append(self, event: NewEvent) -> Accepted:
@@ -297,7 +285,10 @@ class Store(ABC):
     async def recover(self) -> int:
         """Release leases a crashed process left behind; return how many."""
 
-    @abstractmethod
+
+class OperatorStore(ABC):
+    """The operator side: status, pauses, dead letters, replay, resync, trace, retention."""
+
     async def set_paused(
         self,
         target: str,
@@ -306,9 +297,20 @@ class Store(ABC):
         by: Literal["target", "operator"] = "target",
     ) -> None:
         """Pause ``target`` (reason given) or resume it (reason None)."""
+        at, who = (time.time(), by) if reason else (None, None)
+        await self._write_pause((target, reason, until, at, who))
 
     @abstractmethod
-    async def target_state(self, target: str) -> TargetState: ...
+    async def _write_pause(self, row: PauseRow) -> None:
+        """Write a target's pause (``queries.SET_PAUSED``); all None but the target: resumed."""
+
+    async def target_state(self, target: str) -> TargetState:
+        row = await self._pause_row(target)
+        return TargetState(*row) if row else TargetState(None, None, None)
+
+    @abstractmethod
+    async def _pause_row(self, target: str) -> Sequence[Any] | None:
+        """The target's row of ``queries.TARGET_STATE``, if it has one."""
 
     @abstractmethod
     async def status(self) -> list[TargetStatus]: ...
@@ -363,6 +365,26 @@ class Store(ABC):
     @abstractmethod
     async def prune(self, retention: float) -> dict[str, int]:
         """Delete events and attempts older than ``retention`` seconds that nothing needs."""
+
+
+class Store(QueueStore, OperatorStore):
+    """A durable queue and its operators' tools. Every method is safe to call concurrently from
+    the event loop."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def migrate(self) -> tuple[int, int]:
+        """Apply pending schema migrations; return the schema version before and after.
+
+        Safe while other processes use the store, and when several start at once: one applies
+        them, the others wait and find nothing left to do. ``open`` calls it unless the store was
+        made with another ``SchemaPolicy``.
+        """
 
     def rate_limiter(self, account: str, requests: int, per_seconds: float) -> RateLimiter | None:
         """A request budget shared by every process using this store, where it can hold one.
