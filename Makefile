@@ -9,7 +9,7 @@ CONFIG ?= config.example.yaml
 LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 
-.PHONY: run test lint clean audit lock
+.PHONY: run test test-fast lint clean audit lock
 
 run: $(VENV)/.installed-run
 	$(BIN)/mimeeq-connector serve --config $(CONFIG)
@@ -19,6 +19,11 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Under a minute, for the edit-test loop: the unit and contract tests (the store's on SQLite and
+# PostgreSQL, every adapter's conformance). `make test` runs everything, as CI does.
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/pytest -m "unit or contract"
 
 # Known vulnerabilities in the installed packages (pip-audit, against PyPI's advisory data). A
 # vulnerability fails; a database that cannot be reached (an offline machine) only warns.

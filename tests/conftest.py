@@ -13,6 +13,27 @@ from testkit.hubspot import fake, hubspot_token  # noqa: F401  (fixtures)
 from testkit.payloads import write_config
 from testkit.service import ServerProcess, free_port
 
+# Each folder holds one kind of test, marked after it: `pytest -m unit`, `make test-fast`.
+KINDS = {
+    "unit": "pure functions and single modules, no I/O beyond temporary files",
+    "contract": "what every implementation must do: the stores, the adapters, the fake HubSpot",
+    "component": "one part of the service against fakes: an adapter, the receiver, the CLI",
+    "e2e": "the service as a real process (or several), webhooks in, a target's state out",
+    "deploy": "the Dockerfile, Kubernetes and compose files, dashboards",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for kind, what in KINDS.items():
+        config.addinivalue_line("markers", f"{kind}: {what}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
+
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:

@@ -2,7 +2,7 @@
 
 Short on purpose: it shows what an adapter declares (``type``, a settings model), what it does
 (``push``: one outcome per record, in order) and how its tests reuse the conformance suite
-(``tests/test_conformance.py``). Register it with an entry point to use it in a config::
+(``tests/contract/test_conformance.py``). Register it with an entry point to use it in a config::
 
     [project.entry-points."mimeeq_connector.adapters"]
     jsonfile = "mypackage.jsonfile:JsonFileAdapter"

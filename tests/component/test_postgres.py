@@ -324,7 +324,7 @@ def run_one_postgres_test(postgres_url: str, ci: str | None) -> subprocess.Compl
             "-q",
             "-p",
             "no:cacheprovider",
-            "tests/test_store.py::test_queued_tells_which_contacts_wait[postgres]",
+            "tests/contract/test_store.py::test_queued_tells_which_contacts_wait[postgres]",
         ],
         cwd=ROOT,
         env=env,

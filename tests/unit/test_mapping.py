@@ -17,8 +17,8 @@ from connector.errors import MappingError, RecordMappingError
 from connector.jmespath_compiler import compile_expression
 from connector.mapping import FieldMapping, load_mapping
 
-DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).parent.parent
+DATA = Path(__file__).parent.parent / "data"
+REPO = Path(__file__).parent.parent.parent
 
 
 @pytest.fixture
