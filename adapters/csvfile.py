@@ -21,19 +21,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from connector.adapter import (
-    Adapter,
-    ConfigPath,
-    Dead,
-    Delivered,
-    Outcome,
-    Record,
-    Retry,
-    TargetContext,
-    TargetSettings,
-    Undelivered,
-)
+from connector.adapter import Adapter, ConfigPath, Record, TargetContext, TargetSettings
 from connector.errors import ConfigError
+from connector.outcomes import Dead, Delivered, Outcome, Retry, Undelivered
 
 if TYPE_CHECKING:
     from _csv import Reader

@@ -3,8 +3,9 @@
 The adapter kit's HTTP base: one timed exchange (``call_timeout`` bounds the whole answer, each
 request reported with its status and time), one retry loop within a push (``Transient`` failures
 tried again, remembering whether any attempt may have been written), ``Retry-After`` in both of
-its forms, and the small helpers both adapters used to copy. Status classification stays with
-each adapter: HubSpot's (429 policies, daily budget) and REST's (configured lists) differ.
+its forms, the rate-limit wait, the classification of answers (:class:`StatusRules`: HubSpot uses
+the defaults, REST the lists its config gives), and the small helpers both adapters used to copy.
+What a 429 means beyond "wait" stays with the adapter (HubSpot's daily budget pauses the target).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Annotated, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,8 +23,59 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
 from connector.adapter import TargetReporter
+from connector.ratelimit import RateLimiter
 
 T = TypeVar("T")
+
+# A status code (``404``) or a class of them (``"4xx"``), and what an answer with it means.
+StatusCode = Annotated[int, Field(ge=100, le=599)] | Annotated[str, Field(pattern=r"^[1-5]xx$")]
+StatusKind = Literal["success", "retry", "dead", "pause"]
+
+
+class StatusRules:
+    """What each HTTP status means for the records sent: written (success), worth another try
+    (retry), refused for good (dead), or the whole target refused (pause, e.g. a revoked token).
+
+    A code listed by itself beats a class (``429`` in ``retry`` beats ``4xx`` in ``dead``); a code
+    or class in two lists is an error; a status nobody listed (3xx, ...) is dead.
+    """
+
+    # The lists are named as the REST target's config keys name them.
+    def __init__(
+        self,
+        success: Sequence[int | str] = ("2xx",),
+        retry_on: Sequence[int | str] = (408, 425, 429, "5xx"),
+        dead_on: Sequence[int | str] = ("4xx",),
+        pause_on: Sequence[int | str] = (401, 403),
+    ) -> None:
+        self._kinds: dict[int, StatusKind] = {}
+        lists: dict[str, tuple[StatusKind, Sequence[int | str]]] = {
+            "success": ("success", success), "pause_on": ("pause", pause_on),
+            "retry_on": ("retry", retry_on), "dead_on": ("dead", dead_on),
+        }  # fmt: skip
+        for exact in (True, False):
+            claimed: dict[int, str] = {}
+            for name, (_, codes) in lists.items():
+                for code in codes:
+                    if isinstance(code, int) != exact:
+                        continue
+                    first = code if isinstance(code, int) else int(code[0]) * 100
+                    for status in range(first, first + (1 if exact else 100)):
+                        if claimed.setdefault(status, name) != name:
+                            raise ValueError(
+                                f"status {code} is in both {claimed[status]} and {name}"
+                            )
+            for status, name in claimed.items():
+                self._kinds.setdefault(status, lists[name][0])
+
+    def kind(self, status: int) -> StatusKind:
+        return self._kinds.get(status, "dead")
+
+
+async def wait_turn(limiter: RateLimiter | None, report: TargetReporter) -> None:
+    """Wait for the request budget (``rate_limit``) before a request, reporting the wait."""
+    if limiter is not None:
+        report.rate_wait(await limiter.acquire())
 
 
 class RateLimit(BaseModel):

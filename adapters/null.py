@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from connector.adapter import Adapter, Delivered, Outcome, Record, TargetSettings
+from connector.adapter import Adapter, Record, TargetSettings
+from connector.outcomes import Delivered, Outcome
 
 
 class NullAdapter(Adapter[TargetSettings]):

@@ -9,9 +9,9 @@ so a new CRM is a new module, not an edit of the core::
     mycrm = "mypackage.mycrm:MyCrmAdapter"
 
 The worker hands ``push`` a batch of :class:`Record` (already coalesced: at most one per contact,
-the latest state, deletes winning) and expects exactly one outcome per record, in order:
-:class:`Delivered`, :class:`Retry` or :class:`Dead`. A failure that concerns the whole batch is
-raised instead, as one of the :mod:`connector.errors` delivery errors.
+the latest state, deletes winning) and expects exactly one outcome per record, in order (from
+:mod:`connector.outcomes`): ``Delivered``, ``Retry`` or ``Dead``. A failure that concerns the whole
+batch is raised instead, as ``Undelivered`` or one of the :mod:`connector.errors` delivery errors.
 
 The target is a mirror: a record says what changed since the last confirmed write
 (:attr:`Record.changes`), what to clear (:attr:`Record.cleared`: written before, empty now), and
@@ -37,17 +37,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from typing_extensions import TypeVar
 
-from connector.errors import ConfigError, DeliveryError
+from connector.errors import ConfigError
 from connector.keys import TargetKey, target_key
+from connector.outcomes import CompanyLink, Outcome, Retry, Undelivered
 from connector.ratelimit import LimiterFactory, shared_limiter
-
-if TYPE_CHECKING:
-    pass
 
 ENTRY_POINT_GROUP = "mimeeq_connector.adapters"
 
@@ -90,14 +88,6 @@ class TargetSettings(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class CompanyLink:
-    """The company a contact is associated with in the target."""
-
-    company_id: str  # Mimeeq's id (COMP-…)
-    remote_id: str | None  # the target's id of that company; None: not in the target (yet)
-
-
-@dataclass(frozen=True, slots=True)
 class Record:
     """One contact to push: the latest state the connector holds for it."""
 
@@ -130,44 +120,6 @@ class Record:
         if not self.unchanged:
             return dict(self.fields)
         return {k: v for k, v in self.fields.items() if k not in self.unchanged}
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    remote_id: str | None = None  # remembered for later updates, deletes and traces
-    note: str | None = None  # shown in trace, e.g. "already deleted"
-    # The association in place after this write, for adapters that associate companies: the
-    # next write associates again only when the contact's company changes.
-    company: CompanyLink | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    reason: str
-    after: float | None = None  # seconds; None means the target's backoff policy
-    count_attempt: bool = True  # False for waits that are not failures (rate limits)
-    # A request went out and no answer came back (timeout, connection lost): it may still land.
-    maybe_written: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Dead:
-    reason: str  # the target's own message
-
-
-Outcome = Delivered | Retry | Dead
-
-
-class Undelivered(DeliveryError):
-    """Raised by a push: every record of it (not yet answered) gets ``outcome``.
-
-    The one exception for failed deliveries: the outcome values say retry or dead, so the
-    exception does not say it a second time.
-    """
-
-    def __init__(self, outcome: Retry | Dead) -> None:
-        super().__init__(outcome.reason)
-        self.outcome = outcome
 
 
 @dataclass(slots=True)

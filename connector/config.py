@@ -32,6 +32,7 @@ from connector.backfill import ImportSettings
 from connector.errors import ConfigError
 from connector.keys import TargetKey, target_key
 from connector.mapping import FieldMapping, StrictYamlLoader, load_mapping
+from connector.store.url import PostgresUrl, parse_store_url
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
@@ -73,23 +74,14 @@ class StoreSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if url.startswith(("postgresql:", "postgres:")):
-            from connector.store.postgres import parse_url  # the store package imports us
-
-            parse_url(url)  # its messages never repeat the URL (it may hold a password)
-            return url
-        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-            raise ValueError(
-                "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or "
-                "postgresql://user@host:5432/database"
-            )
+        parse_store_url(url)  # its messages never repeat the URL (it may hold a password)
         return url
 
     @field_validator("max_size_mb")
     @classmethod
     def _sqlite_only(cls, size: float | None, info: ValidationInfo) -> float | None:
         url = info.data.get("url")  # None: the URL itself is invalid, and said so
-        if size is not None and url is not None and not url.startswith("sqlite:"):
+        if size is not None and url is not None and isinstance(parse_store_url(url), PostgresUrl):
             raise ValueError("applies to a SQLite store only (PostgreSQL has its own quotas)")
         return size
 

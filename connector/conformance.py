@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 
-from connector.adapter import Adapter, Delivered, Operation, Outcome, Record, TargetContext
+from connector.adapter import Adapter, Operation, Record, TargetContext
 from connector.errors import TargetPaused
 from connector.mapping import load_mapping
+from connector.outcomes import Delivered, Outcome
 
 # The mapped fields of every record the suite pushes: plain names most CRMs have.
 FIELDS = ("email", "firstname", "lastname")

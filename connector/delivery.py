@@ -34,22 +34,12 @@ from collections.abc import Sequence
 import orjson
 
 from connector import mirror
-from connector.adapter import (
-    CLAIM_HOLD,
-    Adapter,
-    ClaimHold,
-    CompanyLink,
-    Dead,
-    Delivered,
-    Outcome,
-    Record,
-    Retry,
-    Undelivered,
-)
+from connector.adapter import CLAIM_HOLD, Adapter, ClaimHold, Record
 from connector.config import Target
 from connector.errors import RecordMappingError, TargetPaused
 from connector.logs import get_logger
 from connector.metrics import Metrics
+from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
 from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
 
 log = get_logger("connector.delivery")

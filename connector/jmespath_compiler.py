@@ -202,9 +202,7 @@ def _path(keys: tuple[str | int, ...]) -> Getter:
 def _or(left: Getter, right: Getter) -> Getter:
     def or_(value: Any) -> Any:
         result = left(value)
-        if not result and (result is False or type(result) not in _NUMBERS):
-            return right(value)
-        return result
+        return right(value) if is_false(result) else result
 
     return or_
 
@@ -212,9 +210,7 @@ def _or(left: Getter, right: Getter) -> Getter:
 def _and(left: Getter, right: Getter) -> Getter:
     def and_(value: Any) -> Any:
         result = left(value)
-        if not result and (result is False or type(result) not in _NUMBERS):
-            return result
-        return right(value)
+        return result if is_false(result) else right(value)
 
     return and_
 

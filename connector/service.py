@@ -23,8 +23,7 @@ from connector.ratelimit import RateLimiter, account_key, shared_limiter
 from connector.receiver import Intake, create_app
 from connector.store import open_store
 from connector.store.base import Store, TargetStatus
-from connector.store.postgres import redacted
-from connector.store.sqlite import sqlite_path
+from connector.store.url import shown
 
 log = get_logger("connector.service")
 
@@ -148,10 +147,7 @@ class Service:
         )
 
     def _store_name(self) -> str:
-        url = self.config.store.url
-        if url.startswith("sqlite:"):
-            return str(sqlite_path(url, self.config.base_dir))
-        return redacted(url)  # never the password
+        return shown(self.config.store.url, self.config.base_dir)  # never the password
 
     async def _start_worker(self, target: Target) -> None:
         report = MetricsReporter(self.metrics, target.tenant, target.name)

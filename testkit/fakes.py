@@ -6,17 +6,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from connector.adapter import (
-    Adapter,
-    Dead,
-    Delivered,
-    Outcome,
-    Record,
-    Retry,
-    TargetSettings,
-    register_adapter,
-)
+from connector.adapter import Adapter, Record, TargetSettings, register_adapter
 from connector.errors import DeliveryError
+from connector.outcomes import Dead, Delivered, Outcome, Retry
 
 Script = Callable[[Record], Outcome | None]
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from connector.store.postgres import redacted
+from connector.store.url import redacted
 
 POSTGRES_URL = os.environ.get(
     "CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"

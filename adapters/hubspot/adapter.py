@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from adapters.http import chunks, join_notes
@@ -19,17 +20,17 @@ from adapters.hubspot.api import (
     log,
 )
 from adapters.hubspot.setup import _describe, _existing_id, _Setup, _with_options
-from connector.adapter import (
-    Adapter,
-    CompanyLink,
-    Dead,
-    Delivered,
-    Outcome,
-    Record,
-    Retry,
-    TargetContext,
-    Undelivered,
-)
+from connector.adapter import Adapter, Record, TargetContext
+from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
+
+
+@dataclass(slots=True)
+class _Found:
+    """What writing a batch found, as it is split on errors: an outcome per record (by index), or
+    the HubSpot id of a contact that has its e-mail already, to adopt."""
+
+    outcomes: dict[int, Outcome]
+    adopt: dict[int, str] = field(default_factory=dict)
 
 
 class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
@@ -136,14 +137,12 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
 
     async def _write(self, upserts: list[_Upsert], outcomes: dict[int, Outcome]) -> None:
         await self._ensure_options(upserts)
-        adopt: dict[int, str] = {}
-        await self._upsert_batch(upserts, outcomes, adopt)
-        if adopt:
-            await self._adopt([u for u in upserts if u.index in adopt], adopt, outcomes)
+        found = _Found(outcomes)
+        await self._upsert_batch(upserts, found)
+        if found.adopt:
+            await self._adopt([u for u in upserts if u.index in found.adopt], found.adopt, outcomes)
 
-    async def _upsert_batch(
-        self, batch: list[_Upsert], outcomes: dict[int, Outcome], adopt: dict[int, str]
-    ) -> None:
+    async def _upsert_batch(self, batch: list[_Upsert], found: _Found) -> None:
         body = {
             "inputs": [
                 {"id": u.key, "idProperty": self.settings.id_property, "properties": u.properties}
@@ -152,12 +151,12 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         }
         answer = await self.api.call(self.api.contacts.upsert, body)
         if answer.status == 409:
-            await self._resolve_conflict(batch, answer, outcomes, adopt)
+            await self._resolve_conflict(batch, answer, found)
             return
         if answer.status >= 400:
-            await self._split_or_fail(batch, answer, outcomes, adopt)
+            await self._split_or_fail(batch, answer, found)
             return
-        found = {
+        written = {
             self._norm(str((r.get("properties") or {}).get(self.settings.id_property, ""))): r
             for r in answer.results
         }
@@ -165,40 +164,28 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         unexplained = []
         for u in batch:
             key = self._norm(u.key)
-            if key in found:
-                u.new = found[key].get("new") is True
-                outcomes[u.index] = Delivered(remote_id=str(found[key].get("id")))
+            if key in written:
+                u.new = written[key].get("new") is True
+                found.outcomes[u.index] = Delivered(remote_id=str(written[key].get("id")))
             elif key in failed:
-                self._per_input_error(u, failed[key], outcomes, adopt)
+                self._per_input_error(u, failed[key], found)
             elif answer.status == 200 and not answer.errors:
-                outcomes[u.index] = Delivered()  # accepted; its id is looked up if ever needed
+                found.outcomes[u.index] = Delivered()  # accepted; its id is looked up if needed
             else:
                 unexplained.append(u)
         if unexplained:
             # Errors HubSpot did not tie to an input: split until each bad one stands alone.
-            await self._split_or_fail(unexplained, answer, outcomes, adopt)
+            await self._split_or_fail(unexplained, answer, found)
 
-    async def _split_or_fail(
-        self,
-        batch: list[_Upsert],
-        answer: Answer,
-        outcomes: dict[int, Outcome],
-        adopt: dict[int, str],
-    ) -> None:
+    async def _split_or_fail(self, batch: list[_Upsert], answer: Answer, found: _Found) -> None:
         if len(batch) == 1:
-            outcomes[batch[0].index] = Dead(f"HubSpot HTTP {answer.status}: {answer.message}")
+            found.outcomes[batch[0].index] = Dead(f"HubSpot HTTP {answer.status}: {answer.message}")
             return
         middle = len(batch) // 2
-        await self._upsert_batch(batch[:middle], outcomes, adopt)
-        await self._upsert_batch(batch[middle:], outcomes, adopt)
+        await self._upsert_batch(batch[:middle], found)
+        await self._upsert_batch(batch[middle:], found)
 
-    async def _resolve_conflict(
-        self,
-        batch: list[_Upsert],
-        answer: Answer,
-        outcomes: dict[int, Outcome],
-        adopt: dict[int, str],
-    ) -> None:
+    async def _resolve_conflict(self, batch: list[_Upsert], answer: Answer, found: _Found) -> None:
         """A whole-batch 409 names only the first existing contact: find whose e-mail it has."""
         existing = _existing_id(answer)
         culprit = None
@@ -220,34 +207,28 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
                 (u for u in batch if u.properties.get("email", "").lower() in emails - {""}), None
             )
         if existing is None or culprit is None:
-            await self._split_or_fail(batch, answer, outcomes, adopt)
+            await self._split_or_fail(batch, answer, found)
             return
-        self._per_input_error(culprit, answer.body, outcomes, adopt)
+        self._per_input_error(culprit, answer.body, found)
         rest = [u for u in batch if u is not culprit]
         if rest:
-            await self._upsert_batch(rest, outcomes, adopt)
+            await self._upsert_batch(rest, found)
 
-    def _per_input_error(
-        self,
-        u: _Upsert,
-        error: dict[str, Any],
-        outcomes: dict[int, Outcome],
-        adopt: dict[int, str],
-    ) -> None:
+    def _per_input_error(self, u: _Upsert, error: dict[str, Any], found: _Found) -> None:
         message = str(error.get("message") or error)
         category = str(error.get("category") or "")
         existing = _existing_id(Answer(409, {}, error))
         if existing and (category == "CONFLICT" or "already exists" in message):
             if u.record.remote_id and u.record.remote_id != existing:
-                outcomes[u.index] = Dead(
+                found.outcomes[u.index] = Dead(
                     f"HubSpot: the e-mail belongs to another contact ({existing}): {message}"
                 )
             else:
-                adopt[u.index] = existing
+                found.adopt[u.index] = existing
         elif category in ("RATE_LIMITS", "RATE_LIMIT") or str(error.get("status")).startswith("5"):
-            outcomes[u.index] = Retry(f"HubSpot: {message}")
+            found.outcomes[u.index] = Retry(f"HubSpot: {message}")
         else:
-            outcomes[u.index] = Dead(f"HubSpot {category or 'error'}: {message}")
+            found.outcomes[u.index] = Dead(f"HubSpot {category or 'error'}: {message}")
 
     async def _adopt(
         self, batch: list[_Upsert], adopt: dict[int, str], outcomes: dict[int, Outcome]

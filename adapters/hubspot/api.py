@@ -21,17 +21,11 @@ from tenacity import (
 )
 
 from adapters import http
-from adapters.http import Transient, retry_after, timed_send, with_retries
-from connector.adapter import (
-    Record,
-    Retry,
-    TargetReporter,
-    TargetSettings,
-    Undelivered,
-    check_claim,
-)
+from adapters.http import StatusRules, Transient, retry_after, timed_send, wait_turn, with_retries
+from connector.adapter import Record, TargetReporter, TargetSettings, check_claim
 from connector.errors import DeliveryError, TargetPaused
 from connector.logs import get_logger
+from connector.outcomes import Retry, Undelivered
 from connector.ratelimit import LimiterFactory, RateLimiter, shared_limiter
 
 log = get_logger("adapters.hubspot")
@@ -47,6 +41,10 @@ STATUS_OPTIONS = [
     {"label": "Inactive", "value": "INACTIVE", "hidden": False, "displayOrder": 1},
 ]
 OPTION_KEYS = ("label", "value", "description", "displayOrder", "hidden")
+
+# HubSpot's answers mean what HTTP says: 401/403 a refused token, 408/425/5xx a retry; a 429 is
+# waited out (or pauses the target for the day), and other 4xx name the inputs HubSpot refused.
+ANSWERS = StatusRules()
 
 
 class RateLimit(http.RateLimit):
@@ -239,8 +237,9 @@ class HubSpotApi:
 
     async def _call_waiting_out_429(self, request: Request) -> Answer:
         for _ in range(self.max_throttled):
-            self.report.rate_wait(await self.limiter.acquire())
+            await wait_turn(self.limiter, self.report)
             answer = await self._send(request)
+            kind = ANSWERS.kind(answer.status)
             if answer.status == 429:
                 policy = answer.body.get("policyName") if isinstance(answer.body, dict) else None
                 if policy == "DAILY":
@@ -250,15 +249,15 @@ class HubSpotApi:
                     )
                 self.limiter.hold(self._wait_after_429(answer))
                 continue
-            if answer.status in (401, 403):
+            if kind == "pause":
                 raise TargetPaused(
                     f"HubSpot refused the token (HTTP {answer.status}): {answer.message}",
                     until=time.time() + AUTH_PROBE,
                 )
-            if answer.status >= 500:
+            if kind == "retry":
                 after = retry_after(_header(answer.headers, "Retry-After"))
                 raise Transient(f"HubSpot HTTP {answer.status}: {answer.message}", after=after)
-            return answer
+            return answer  # written, or refused: the caller reads which input HubSpot refused
         raise Undelivered(
             Retry(
                 "HubSpot kept answering 429 (rate limit)",

@@ -14,11 +14,8 @@ from adapters.hubspot.api import (
     HubSpotApi,
     HubSpotSettings,
 )
-from connector.adapter import (
-    Retry,
-    TargetContext,
-    Undelivered,
-)
+from connector.adapter import TargetContext
+from connector.outcomes import Retry, Undelivered
 
 
 class _Setup:

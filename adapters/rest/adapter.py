@@ -17,7 +17,14 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from adapters.http import Transient, join_notes, retry_after, timed_send, with_retries
+from adapters.http import (
+    Transient,
+    join_notes,
+    retry_after,
+    timed_send,
+    wait_turn,
+    with_retries,
+)
 from adapters.rest.settings import (
     BasicAuth,
     BearerAuth,
@@ -40,18 +47,9 @@ from adapters.rest.templates import (
     log,
     render_body,
 )
-from connector.adapter import (
-    Adapter,
-    Dead,
-    Delivered,
-    Outcome,
-    Record,
-    Retry,
-    TargetContext,
-    Undelivered,
-    check_claim,
-)
+from connector.adapter import Adapter, Record, TargetContext, check_claim
 from connector.errors import TargetPaused
+from connector.outcomes import Dead, Delivered, Outcome, Retry, Undelivered
 from connector.ratelimit import RateLimiter
 
 
@@ -399,8 +397,7 @@ class RestAdapter(Adapter[RestSettings]):
     async def _exchange(self, request: httpx.Request, allow: Collection[int]) -> httpx.Response:
         report = self.context.report
         async with self._slots:
-            if self._limiter is not None:
-                report.rate_wait(await self._limiter.acquire())
+            await wait_turn(self._limiter, report)
             if request.method != "GET":
                 try:
                     check_claim()

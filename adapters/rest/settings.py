@@ -14,24 +14,19 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.http import RateLimit
+from adapters.http import RateLimit, StatusCode, StatusKind, StatusRules
 from adapters.rest.templates import (
     RECORD,
     BodyTemplate,
     JMESPath,
     Method,
-    StatusCode,
-    StatusKind,
     Template,
     Text,
     _body_names,
     _search,
     compile_body,
 )
-from connector.adapter import (
-    ConfigPath,
-    TargetSettings,
-)
+from connector.adapter import ConfigPath, TargetSettings
 from connector.jmespath_compiler import Getter, compile_expression
 
 
@@ -188,7 +183,7 @@ class RestSettings(TargetSettings):
     dead_on: list[StatusCode] = ["4xx"]
     pause_on: list[StatusCode] = [401, 403]
 
-    _status: dict[int, StatusKind] = PrivateAttr()
+    _status: StatusRules = PrivateAttr()
 
     @field_validator("ca_bundle")
     @classmethod
@@ -227,16 +222,13 @@ class RestSettings(TargetSettings):
                 )
         if self.ca_bundle and not self.verify:
             raise ValueError("ca_bundle needs verify: true")
-        self._status = _status_table(
-            {"success": self.success, "pause_on": self.pause_on, "retry_on": self.retry_on,
-             "dead_on": self.dead_on}
-        )  # fmt: skip
+        self._status = StatusRules(self.success, self.retry_on, self.dead_on, self.pause_on)
         if self.batch_size is None:  # single requests: a push stays well inside push_timeout
             self.batch_size = self.batch.max_size if self.batch else 100
         return self
 
     def status_kind(self, status: int) -> StatusKind:
-        return self._status.get(status, "dead")  # a status nobody listed (3xx, ...) is dead
+        return self._status.kind(status)
 
     def placeholders(self) -> set[str]:
         names: set[str] = set()
@@ -246,27 +238,3 @@ class RestSettings(TargetSettings):
         if self.batch:
             names |= set(_body_names(self.batch._item))
         return names
-
-
-_KINDS: dict[str, StatusKind] = {
-    "success": "success", "pause_on": "pause", "retry_on": "retry", "dead_on": "dead"
-}  # fmt: skip
-
-
-def _status_table(lists: dict[str, list[int | str]]) -> dict[int, StatusKind]:
-    """Status code → kind. A code listed by itself beats a ``4xx``-style class; a code (or a
-    class) in two lists is an error."""
-    table: dict[int, StatusKind] = {}
-    for exact in (True, False):
-        claimed: dict[int, str] = {}
-        for key, codes in lists.items():
-            for code in codes:
-                if isinstance(code, int) != exact:
-                    continue
-                first = code if isinstance(code, int) else int(code[0]) * 100
-                for status in range(first, first + (1 if exact else 100)):
-                    if claimed.setdefault(status, key) != key:
-                        raise ValueError(f"status {code} is in both {claimed[status]} and {key}")
-        for status, key in claimed.items():
-            table.setdefault(status, _KINDS[key])
-    return table

@@ -12,12 +12,9 @@ import orjson
 from jmespath.exceptions import JMESPathError
 from pydantic import (
     AfterValidator,
-    Field,
 )
 
-from connector.adapter import (
-    Record,
-)
+from connector.adapter import Record
 from connector.jmespath_compiler import Getter, compile_expression, describe_error
 from connector.logs import get_logger
 
@@ -217,8 +214,6 @@ Template = Annotated[str, AfterValidator(_template)]
 JMESPath = Annotated[str, AfterValidator(_jmespath)]
 BodyTemplate = Annotated[Any, AfterValidator(_body)]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
-StatusCode = Annotated[int, Field(ge=100, le=599)] | Annotated[str, Field(pattern=r"^[1-5]xx$")]
-StatusKind = Literal["success", "retry", "dead", "pause"]
 
 
 def _search(expression: Getter | None, data: Any) -> Any:

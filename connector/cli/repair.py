@@ -7,9 +7,10 @@ import io
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import click
 import orjson
@@ -30,13 +31,31 @@ from connector.cli.base import (
 from connector.config import Config
 from connector.keys import split_key
 from connector.mirror import masked
-from connector.store.base import DeadLetter, NewEvent, Replayed, Trace
+from connector.store.base import DeadLetter, DeadLetterPick, NewEvent, Replayed, Trace
 
 tenant_option = click.option("--tenant", default=None, help="Only this tenant's targets.")
 target_option = click.option("--target", default=None, help="Only this target (needs --tenant).")
 MAX_ID = 2**63 - 1  # the largest integer SQLite and PostgreSQL keep: any larger is no id of ours
 # Out of range is a usage error (exit 2) naming the range, not an overflow deep in the store.
 DEAD_LETTER_ID = click.IntRange(1, MAX_ID)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def dead_letter_choice(all_help: str) -> Callable[[F], F]:
+    """The options that choose dead letters: ids, or --all (of --tenant/--target)."""
+
+    def decorate(command: F) -> F:
+        for option in reversed((
+            config_option,
+            click.argument("ids", type=DEAD_LETTER_ID, nargs=-1),
+            click.option("--all", "all_of", is_flag=True, help=all_help),
+            tenant_option,
+            target_option,
+        )):  # fmt: skip
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @main.group()
@@ -116,11 +135,7 @@ def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
 
 
 @dlq.command("replay")
-@config_option
-@click.argument("ids", type=DEAD_LETTER_ID, nargs=-1)
-@click.option("--all", "all_of", is_flag=True, help="Every dead letter not replayed yet.")
-@tenant_option
-@target_option
+@dead_letter_choice("Every dead letter not replayed yet.")
 @click.option("--wait", type=float, default=0, help="Wait up to this many seconds for outcomes.")
 @json_option
 def dlq_replay(
@@ -187,11 +202,7 @@ async def _replay(
 
 
 @dlq.command("purge")
-@config_option
-@click.argument("ids", type=DEAD_LETTER_ID, nargs=-1)
-@click.option("--all", "all_of", is_flag=True, help="Every dead letter (of --tenant/--target).")
-@tenant_option
-@target_option
+@dead_letter_choice("Every dead letter (of --tenant/--target).")
 @click.option("--older-than-days", type=float, default=None)
 def dlq_purge(
     config_path: Path | None,
@@ -206,16 +217,15 @@ def dlq_purge(
         raise click.UsageError("give dead letter ids, or --all")
     config = load(config_path)
     targets = pick_targets(config, tenant, target) if (tenant or target) else None
-    older_than = time.time() - older_than_days * 86_400 if older_than_days is not None else None
-    purged = asyncio.run(_purge(config, list(ids) or None, targets, older_than))
+    before = time.time() - older_than_days * 86_400 if older_than_days is not None else None
+    pick = DeadLetterPick(ids=list(ids) or None, targets=targets, failed_before=before)
+    purged = asyncio.run(_purge(config, pick))
     click.echo(f"purged {purged} dead letter(s)")
 
 
-async def _purge(
-    config: Config, ids: list[int] | None, targets: list[str] | None, older_than: float | None
-) -> int:
+async def _purge(config: Config, pick: DeadLetterPick) -> int:
     async with opened_store(config) as store:
-        return await store.purge(ids, targets, older_than)
+        return await store.purge(pick)
 
 
 @main.command()

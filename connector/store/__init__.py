@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from connector.config import Config
-from connector.errors import ConfigError
+from typing import TYPE_CHECKING
+
 from connector.store.base import SchemaPolicy, Store
 from connector.store.postgres import PostgresStore
-from connector.store.sqlite import SQLiteStore, sqlite_path
+from connector.store.sqlite import SQLiteStore
+from connector.store.url import SqliteUrl, parse_store_url
 
-POSTGRES_SCHEMES = ("postgresql:", "postgres:")
+if TYPE_CHECKING:  # the config module reads store URLs from here
+    from connector.config import Config
 
 
 def open_store(
@@ -22,18 +24,13 @@ def open_store(
     """
     settings = config.store
     policy: SchemaPolicy = schema or ("migrate" if settings.migrate_on_start else "verify")
-    url = settings.url
-    if url.startswith("sqlite:"):
+    url = parse_store_url(settings.url)  # valid: the config was checked when it was loaded
+    if isinstance(url, SqliteUrl):
         return SQLiteStore(
-            sqlite_path(url, config.base_dir),
+            url.located(config.base_dir),
             exclusive=exclusive,
             dedupe_window=settings.dedupe_hours * 3600,
             schema=policy,
             max_size_mb=settings.max_size_mb,
         )
-    if url.startswith(POSTGRES_SCHEMES):
-        try:
-            return PostgresStore(url, dedupe_window=settings.dedupe_hours * 3600, schema=policy)
-        except ValueError as exc:  # never the URL itself: it may hold a password
-            raise ConfigError(f"{config.path}: store.url: {exc}") from None
-    raise ConfigError(f"{config.path}: store.url: unsupported store {url.split(':', 1)[0]!r}")
+    return PostgresStore(settings.url, dedupe_window=settings.dedupe_hours * 3600, schema=policy)

@@ -69,6 +69,27 @@ def schema_problem(store: str, version: int, latest: int) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterPick:
+    """Which dead letters an operator action takes: each filter given narrows the choice."""
+
+    ids: Sequence[int] | None = None
+    targets: Sequence[str] | None = None
+    failed_before: float | None = None  # wall clock
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The condition in ``?`` style, and its parameters."""
+        where, params = ["1 = 1"], list[Any]()
+        for column, values in (("id", self.ids), ("target", self.targets)):
+            if values is not None:  # an empty list picks nothing (PostgreSQL refuses "IN ()")
+                where.append(f"{column} IN ({', '.join('?' * len(values))})" if values else "1 = 0")
+                params += values
+        if self.failed_before is not None:
+            where.append("failed_at < ?")
+            params.append(self.failed_before)
+        return " AND ".join(where), params
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     tenant: str
     event_type: str  # the Mimeeq event name
@@ -337,13 +358,8 @@ class OperatorStore(ABC):
         """
 
     @abstractmethod
-    async def purge(
-        self,
-        ids: Sequence[int] | None,
-        targets: Sequence[str] | None,
-        older_than: float | None = None,
-    ) -> int:
-        """Delete dead letters (by id, or all of ``targets``, optionally older than a time)."""
+    async def purge(self, pick: DeadLetterPick) -> int:
+        """Delete the dead letters ``pick`` chooses; return how many."""
 
     @abstractmethod
     async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:

@@ -94,14 +94,9 @@ from connector.store.postgres_sql import (
     migration_lock,
     rowcount,
 )
-from connector.store.postgres_sql import (
-    parse_url as parse_url,  # re-exported: callers import it from here
-)
-from connector.store.postgres_sql import (
-    redacted as redacted,
-)
 from connector.store.ratelimit import PostgresRateLimiter
 from connector.store.schema import POSTGRES_MIGRATIONS
+from connector.store.url import PostgresUrl, parse_store_url, redacted
 
 TARGET_SEPARATOR = "\x1f"  # joins an event's target keys into one array element
 
@@ -124,7 +119,11 @@ class PostgresStore(PostgresOperations, Store):
         self.url = url
         self.dedupe_window = dedupe_window
         self.schema = schema
-        self._dsn, self.pool_min_size, self.pool_max_size = parse_url(url)
+        parsed = parse_store_url(url)
+        if not isinstance(parsed, PostgresUrl):
+            raise ValueError("expected postgresql://user:password@host:5432/database")
+        self._dsn = parsed.dsn
+        self.pool_min_size, self.pool_max_size = parsed.pool_min_size, parsed.pool_max_size
         self._pool: asyncpg.Pool | None = None
         # Appends waiting for a writer, and the writers sending them (each a batch at a time).
         self._waiting: list[tuple[NewEvent, asyncio.Future[Accepted]]] = []

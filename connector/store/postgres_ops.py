@@ -22,6 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 from connector.store import logic
 from connector.store.base import (
     DeadLetter,
+    DeadLetterPick,
     OperatorStore,
     PauseRow,
     Replayed,
@@ -57,12 +58,7 @@ from connector.store.postgres_sql import (
     requeue,
     rowcount,
 )
-from connector.store.postgres_sql import (
-    parse_url as parse_url,  # re-exported: callers import it from here
-)
-from connector.store.postgres_sql import (
-    redacted as redacted,
-)
+from connector.store.queries import numbered
 
 
 class PostgresOperations(OperatorStore):
@@ -176,24 +172,9 @@ class PostgresOperations(OperatorStore):
                         queued += 1
         return queued
 
-    async def purge(
-        self,
-        ids: Sequence[int] | None,
-        targets: Sequence[str] | None,
-        older_than: float | None = None,
-    ) -> int:
-        where: list[str] = ["TRUE"]
-        params: list[Any] = []
-        if ids is not None:
-            params.append(list(ids))
-            where.append(f"id = ANY(${len(params)}::BIGINT[])")
-        if targets is not None:
-            params.append(list(targets))
-            where.append(f"target = ANY(${len(params)}::TEXT[])")
-        if older_than is not None:
-            params.append(older_than)
-            where.append(f"failed_at < ${len(params)}")
-        sql = f"DELETE FROM dead_letters WHERE {' AND '.join(where)}"
+    async def purge(self, pick: DeadLetterPick) -> int:
+        where, params = pick.where()
+        sql = numbered(f"DELETE FROM dead_letters WHERE {where}")
         return rowcount(await self.pool.execute(sql, *params))
 
     async def queued(self, target: str, contact_ids: Sequence[str]) -> set[str]:

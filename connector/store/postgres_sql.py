@@ -9,7 +9,6 @@ digests of what they lock, so every replica derives the same key for the same co
 from __future__ import annotations
 
 import hashlib
-import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,10 +17,6 @@ from asyncpg.pool import PoolConnectionProxy
 
 from connector.store import queries as q
 from connector.store.queries import numbered
-
-POOL_MIN_SIZE = 1
-POOL_MAX_SIZE = 10
-POOL_PARAMS = ("pool_min_size", "pool_max_size")
 
 # --- named queries -----------------------------------------------------------------------------
 
@@ -165,49 +160,6 @@ Q_PRUNE_EVENTS = f"DELETE FROM events e WHERE e.seq = ANY($1::BIGINT[]) AND {NOT
 
 
 # --- URLs and lock keys ------------------------------------------------------------------------
-
-
-def parse_url(url: str) -> tuple[str, int, int]:
-    """Split ``store.url`` into the DSN for asyncpg and the pool's sizes; ValueError if invalid.
-
-    Messages never repeat the URL: it may hold a password.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        _ = parts.port  # raises on a port that is not a number
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:  # its message may quote a piece of the password
-        raise ValueError(
-            "not a valid PostgreSQL URL: expected postgresql://user:password@host:5432/database"
-            " (percent-encode special characters such as / @ : in the password)"
-        ) from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError("expected postgresql://user:password@host:5432/database")
-    sizes = {"pool_min_size": POOL_MIN_SIZE, "pool_max_size": POOL_MAX_SIZE}
-    rest: list[tuple[str, str]] = []
-    for key, value in query:
-        if key in POOL_PARAMS:
-            if not value.isdigit() or int(value) < (0 if key == "pool_min_size" else 1):
-                raise ValueError(f"{key} must be a whole number (at least 1 for the maximum)")
-            sizes[key] = int(value)
-        else:
-            rest.append((key, value))
-    if sizes["pool_min_size"] > sizes["pool_max_size"]:
-        raise ValueError("pool_min_size must not exceed pool_max_size")
-    dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest)))
-    return dsn, sizes["pool_min_size"], sizes["pool_max_size"]
-
-
-def redacted(url: str) -> str:
-    """The URL without its password and query, for messages."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "postgresql://…"
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
 def lock_key(*parts: str) -> int:

@@ -32,6 +32,7 @@ from connector.store.base import (
     Accepted,
     Claim,
     DeadLetter,
+    DeadLetterPick,
     NewEvent,
     PauseRow,
     Replayed,
@@ -74,15 +75,6 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
     if problem:
         raise ConfigError(problem)
     return before, version
-
-
-def sqlite_path(url: str, base_dir: Path | None = None) -> Path:
-    """``sqlite:///relative/file.db`` (against ``base_dir``) or ``sqlite:////absolute/file.db``."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url == prefix:
-        raise ConfigError(f"store.url: expected sqlite:///path/to/file.db, got {url!r}")
-    path = Path(url[len(prefix) :])
-    return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
 class SQLiteStore(Store):
@@ -361,13 +353,8 @@ class SQLiteStore(Store):
     ) -> list[Replayed]:
         return await self._call(ops.replay, ids, targets, all_of, time.time())
 
-    async def purge(
-        self,
-        ids: Sequence[int] | None,
-        targets: Sequence[str] | None,
-        older_than: float | None = None,
-    ) -> int:
-        return await self._call(ops.purge, ids, targets, older_than)
+    async def purge(self, pick: DeadLetterPick) -> int:
+        return await self._call(ops.purge, pick)
 
     async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:
         return await self._call(ops.resync, target, contact_ids, time.time())

@@ -22,6 +22,7 @@ from connector.store.base import (
     Claim,
     ClaimedItem,
     DeadLetter,
+    DeadLetterPick,
     NewEvent,
     Replayed,
     Result,
@@ -436,24 +437,9 @@ def resync(
     return sum(1 for _, op in latest.values() if op == "upsert")
 
 
-def purge(
-    conn: sqlite3.Connection,
-    ids: Sequence[int] | None,
-    targets: Sequence[str] | None,
-    older_than: float | None,
-) -> int:
-    where: list[str] = ["1 = 1"]
-    params: list[Any] = []
-    if ids is not None:
-        where.append(f"id IN ({','.join('?' * len(ids))})")
-        params += list(ids)
-    if targets is not None:
-        where.append(f"target IN ({','.join('?' * len(targets))})")
-        params += list(targets)
-    if older_than is not None:
-        where.append("failed_at < ?")
-        params.append(older_than)
-    return conn.execute(f"DELETE FROM dead_letters WHERE {' AND '.join(where)}", params).rowcount
+def purge(conn: sqlite3.Connection, pick: DeadLetterPick) -> int:
+    where, params = pick.where()
+    return conn.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount
 
 
 def queued(conn: sqlite3.Connection, target: str, contact_ids: list[str]) -> set[str]:

@@ -14,16 +14,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from connector.adapter import (
-    Adapter,
-    ConfigPath,
-    Delivered,
-    Outcome,
-    Record,
-    Retry,
-    TargetContext,
-    TargetSettings,
-)
+from connector.adapter import Adapter, ConfigPath, Record, TargetContext, TargetSettings
+from connector.outcomes import Delivered, Outcome, Retry
 
 
 class JsonFileSettings(TargetSettings):

@@ -15,8 +15,9 @@ import pydantic
 import pytest
 
 from adapters.csvfile import CsvAdapter, CsvSettings
-from connector.adapter import Dead, Delivered, Record, TargetContext, Undelivered, adapter_class
+from connector.adapter import Record, TargetContext, adapter_class
 from connector.errors import ConfigError
+from connector.outcomes import Dead, Delivered, Undelivered
 
 FIELDS = ("email", "firstname", "tags")
 

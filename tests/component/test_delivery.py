@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from connector import delivery
-from connector.adapter import Dead, Record, Retry, Undelivered
+from connector.adapter import Record
 from connector.config import load_config
 from connector.delivery import backoff_delay
 from connector.errors import TargetPaused
+from connector.outcomes import Dead, Retry, Undelivered
 from connector.service import Service
 from testkit.fakes import FakeAdapter
 from testkit.payloads import FAKE_MAPPING, contact, write_config

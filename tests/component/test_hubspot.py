@@ -17,19 +17,11 @@ import yaml
 from click.testing import CliRunner
 
 from adapters.hubspot import HubSpotAdapter, HubSpotSettings
-from connector.adapter import (
-    CLAIM_HOLD,
-    ClaimHold,
-    CompanyLink,
-    Dead,
-    Delivered,
-    Record,
-    Retry,
-    TargetContext,
-)
+from connector.adapter import CLAIM_HOLD, ClaimHold, Record, TargetContext
 from connector.cli import main
 from connector.errors import TargetPaused
 from connector.mapping import FieldMapping, load_mapping
+from connector.outcomes import CompanyLink, Dead, Delivered, Retry
 from fake_hubspot import FakeHubSpot
 from testkit.payloads import CUSTOMER, ROOT, contact
 

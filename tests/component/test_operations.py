@@ -10,9 +10,9 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from connector.adapter import Dead
 from connector.cli import main
 from connector.config import load_config
+from connector.outcomes import Dead
 from connector.service import Service
 from testkit.payloads import CUSTOMER, FAKE_MAPPING, contact, write_config
 from testkit.service import fake_adapter, send, status_reaches

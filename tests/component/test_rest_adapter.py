@@ -24,19 +24,11 @@ from tenacity import wait_none
 
 import adapters.rest.adapter
 from adapters.rest import RestAdapter, RestSettings
-from connector.adapter import (
-    CLAIM_HOLD,
-    ClaimHold,
-    Dead,
-    Delivered,
-    Record,
-    Retry,
-    TargetContext,
-    adapter_class,
-)
+from connector.adapter import CLAIM_HOLD, ClaimHold, Record, TargetContext, adapter_class
 from connector.config import load_config
 from connector.errors import ConfigError, TargetPaused
 from connector.mapping import FieldMapping, load_mapping
+from connector.outcomes import Dead, Delivered, Retry
 from testkit.payloads import ROOT, contact, write_config
 
 BASE = "https://crm.test/api/v1"

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.errors import ConfigError
-from connector.store.base import ClaimedItem, NewEvent, Result, Store, SyncState
+from connector.store.base import ClaimedItem, DeadLetterPick, NewEvent, Result, Store, SyncState
 from connector.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from connector.store.postgres import PostgresStore
 from connector.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -486,9 +486,10 @@ async def test_purge_removes_dead_letters(store: Store) -> None:
     await dead(store, "c1", b'{"v": 1}')
     await dead(store, "c2", b'{"v": 2}')
     first, _ = await store.dead_letters()
-    assert await store.purge([first.id], None) == 1
-    assert await store.purge(None, [T], older_than=0) == 0  # none older than 1970
-    assert await store.purge(None, [T]) == 1
+    assert await store.purge(DeadLetterPick(ids=[first.id])) == 1
+    assert await store.purge(DeadLetterPick(targets=[T], failed_before=0)) == 0  # none before 1970
+    assert await store.purge(DeadLetterPick(ids=[])) == 0
+    assert await store.purge(DeadLetterPick(targets=[T])) == 1
     assert await store.dead_letters() == []
 
 

@@ -36,9 +36,10 @@ from yarl import URL
 from adapters.csvfile import _FORMULA_STARTS, CsvAdapter, CsvSettings
 from adapters.hubspot import hubspot_value
 from adapters.rest import RestAdapter, RestSettings
-from connector.adapter import Delivered, Record, TargetContext
+from connector.adapter import Record, TargetContext
 from connector.config import load_config
 from connector.mapping import FieldMapping, load_mapping
+from connector.outcomes import Delivered
 from connector.payloads import PAYLOAD_SCHEMAS
 from connector.service import Service
 from testkit.payloads import CUSTOMER, ROOT, TOKEN, contact, write_config
