@@ -1,9 +1,11 @@
 """CSV target: a current-state file, one row per live contact, for people with a spreadsheet.
 
-The whole file is kept in memory (key → row of final cell strings) and rewritten atomically after
-every change: temp file in the same folder, fsync, ``os.replace``, fsync of the folder. A crash at
-any moment leaves the old or the new complete file. Overlapping pushes share one rewrite (group
-commit), so a burst of updates costs a few rewrites, not one per push.
+With a ``company_mapping``, a second file (``companies_path``) holds one row per live company,
+kept by the same rules. Each file is kept in memory (key → row of final cell strings) and
+rewritten atomically after every change: temp file in the same folder, fsync, ``os.replace``,
+fsync of the folder. A crash at any moment leaves the old or the new complete file. Overlapping
+pushes share one rewrite (group commit), so a burst of updates costs a few rewrites, not one per
+push.
 """
 
 from __future__ import annotations
@@ -15,13 +17,21 @@ import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from connector.adapter import Adapter, ConfigPath, Record, TargetContext, TargetSettings
+from connector.adapter import (
+    Adapter,
+    ConfigPath,
+    ObjectType,
+    Record,
+    TargetContext,
+    TargetSettings,
+)
 from connector.errors import ConfigError
 from connector.outcomes import Dead, Delivered, Outcome, Retry, Undelivered
 
@@ -36,6 +46,12 @@ class CsvSettings(TargetSettings):
     path: ConfigPath = Field(description="the CSV file; relative to the config file's folder")
     key_column: str = Field(default="mimeeq_contact_id", min_length=1, description="first column")
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    companies_path: ConfigPath | None = Field(
+        default=None, description="the companies' CSV file (with company_mapping)"
+    )
+    company_key_column: str = Field(
+        default="mimeeq_company_id", min_length=1, description="first column of companies_path"
+    )
 
     @field_validator("delimiter")
     @classmethod
@@ -43,6 +59,17 @@ class CsvSettings(TargetSettings):
         if value in "\"\r\n'":
             raise ValueError("must not be a quote or a line break")
         return value
+
+    @model_validator(mode="after")
+    def _companies_have_a_file(self) -> Self:
+        # Companies need a file of their own, and a file of companies needs their mapping.
+        if self.company_mapping is not None and self.companies_path is None:
+            raise ValueError("company_mapping needs `companies_path`: the companies' CSV file")
+        if self.companies_path is not None and self.company_mapping is None:
+            raise ValueError("companies_path needs `company_mapping`: how companies are mapped")
+        if self.companies_path is not None and self.companies_path == self.path:
+            raise ValueError("companies_path must be another file than path")
+        return self
 
 
 def _text(value: Any) -> str:
@@ -79,11 +106,28 @@ def _unescaped(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and _escaped(cell[1:]) == cell else cell
 
 
+@dataclass(eq=False, slots=True)
+class _Sheet:
+    """One current-state file: the contacts', or the companies'."""
+
+    path: Path
+    columns: list[str]  # the key column first, then the mapping's fields in order
+    # key cell → the row's final cell strings. Rows are replaced, never mutated, so a writer
+    # thread can serialise a snapshot while pushes keep changing the dict.
+    rows: dict[str, list[str]] = field(default_factory=dict)
+    dirty: bool = False  # changed since its last rewrite began: the next one writes it
+
+    @property
+    def key(self) -> str:
+        return self.columns[0]
+
+
 class CsvAdapter(Adapter[CsvSettings]):
     type = "csv"
     settings_model = CsvSettings
     max_batch_size = 10_000
     default_linger = 0.2  # every push rewrites the file: gather bursts
+    takes_companies = True
 
     # Retries of one rewrite within a push (disk full, file locked by a spreadsheet program).
     write_attempts: int = 3
@@ -91,23 +135,25 @@ class CsvAdapter(Adapter[CsvSettings]):
 
     def __init__(self, settings: CsvSettings, context: TargetContext) -> None:
         super().__init__(settings, context)
-        key = settings.key_column
-        self.columns: list[str] = [key, *(f for f in context.fields if f != key)]
-        self._value_columns = self.columns[1:]
+        self._sheets: dict[ObjectType, _Sheet] = {
+            "contact": _Sheet(settings.path, _columns(settings.key_column, context.fields))
+        }
+        if settings.companies_path is not None:
+            columns = _columns(settings.company_key_column, context.company_fields)
+            self._sheets["company"] = _Sheet(settings.companies_path, columns)
         self.writes = 0  # file rewrites so far (tests and benchmarks count them)
-        # key cell → the row's final cell strings. Rows are replaced, never mutated, so a writer
-        # thread can serialise a snapshot while pushes keep changing the dict.
-        self._rows: dict[str, list[str]] = {}
         self._opened = False
-        # Resolved (with None, or an error text) by the next rewrite, which includes every
-        # change applied before it starts. None: no push is waiting for a rewrite.
-        self._next_flush: asyncio.Future[str | None] | None = None
+        # Resolved by the next rewrite round, which includes every change applied before it
+        # starts, with the error of each file it could not write (none: all written). None: no
+        # push is waiting for a rewrite.
+        self._next_flush: asyncio.Future[dict[ObjectType, str]] | None = None
         self._writer: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._rows = await asyncio.to_thread(self._load)
+        for sheet in self._sheets.values():
+            sheet.rows = await asyncio.to_thread(self._load, sheet)
         self._opened = True
 
     async def close(self) -> None:
@@ -125,25 +171,36 @@ class CsvAdapter(Adapter[CsvSettings]):
         outcomes: list[Outcome] = []
         # Apply to memory without awaiting, so each push's changes land atomically.
         for record in records:
+            sheet = self._sheets.get(record.object_type)
             key = _escaped(record.contact_id)
+            if sheet is None:  # config refuses company_mapping without companies_path
+                outcomes.append(Dead("this target has no companies_path: companies are not kept"))
+                continue
+            sheet.dirty = True
             if not key:  # a row without a key would make the file unreadable at the next open
-                outcomes.append(Dead("empty contact id"))
+                outcomes.append(Dead(f"empty {record.object_type} id"))
             elif record.op == "delete":
-                known = self._rows.pop(key, None) is not None
+                known = sheet.rows.pop(key, None) is not None
                 outcomes.append(Delivered() if known else Delivered(note="not in file"))
             else:
                 fields = record.fields
-                cells = (_escaped(_text(fields.get(c))) for c in self._value_columns)
-                self._rows[key] = [key, *cells]
+                cells = (_escaped(_text(fields.get(c))) for c in sheet.columns[1:])
+                sheet.rows[key] = [key, *cells]
                 outcomes.append(Delivered())
-        error = await self._flush()
-        if error is not None:
+        errors = await self._flush()
+        failed = [errors.get(r.object_type) for r in records]
+        if all(failed):
             # Memory keeps the changes; the next rewrite includes them, and the worker retries.
-            raise Undelivered(Retry(error))
-        return outcomes
+            raise Undelivered(Retry(next(e for e in failed if e)))
+        # Only one of the files failed: its records wait, the other file's are delivered.
+        return [
+            Retry(error) if error and not isinstance(o, Dead) else o
+            for o, error in zip(outcomes, failed, strict=True)
+        ]
 
-    async def _flush(self) -> str | None:
-        """Wait for a rewrite that includes every change applied so far; None when it succeeded."""
+    async def _flush(self) -> dict[ObjectType, str]:
+        """Wait for a rewrite that includes every change applied so far; the files it could not
+        write, with the error."""
         if self._next_flush is None:
             self._next_flush = asyncio.get_running_loop().create_future()
         flush = self._next_flush
@@ -156,21 +213,30 @@ class CsvAdapter(Adapter[CsvSettings]):
         while (flush := self._next_flush) is not None:
             # Pushes arriving from now on wait for the following rewrite.
             self._next_flush = None
-            rows = list(self._rows.values())
+            errors: dict[ObjectType, str] = {}
             try:
-                await asyncio.to_thread(self._write, rows)
-            except Exception as exc:  # OSError after the retries, or anything unexpected
-                flush.set_result(f"cannot write {self.settings.path}: {exc}")
+                for kind, sheet in self._sheets.items():
+                    if not sheet.dirty:
+                        continue  # a push of contacts only does not rewrite the companies
+                    sheet.dirty = False
+                    rows = list(sheet.rows.values())
+                    try:
+                        await asyncio.to_thread(self._write, sheet, rows)
+                    except Exception as exc:  # OSError after the retries, or anything unexpected
+                        sheet.dirty = True  # the next rewrite tries again
+                        errors[kind] = f"cannot write {sheet.path}: {exc}"
+                    else:
+                        self.writes += 1
             except BaseException:
+                for sheet in self._sheets.values():
+                    sheet.dirty = True  # a cancelled rewrite may not have landed
                 flush.cancel()
                 raise
-            else:
-                self.writes += 1
-                flush.set_result(None)
+            flush.set_result(errors)
 
     # -- file I/O (runs in a thread) ---------------------------------------------------------
 
-    def _write(self, rows: list[list[str]]) -> None:
+    def _write(self, sheet: _Sheet, rows: list[list[str]]) -> None:
         for attempt in Retrying(
             stop=stop_after_attempt(self.write_attempts),
             wait=wait_fixed(self.write_retry_wait),
@@ -178,16 +244,16 @@ class CsvAdapter(Adapter[CsvSettings]):
             reraise=True,
         ):
             with attempt:
-                self._write_once(rows)
+                self._write_once(sheet, rows)
 
-    def _write_once(self, rows: list[list[str]]) -> None:
-        path = self.settings.path
+    def _write_once(self, sheet: _Sheet, rows: list[list[str]]) -> None:
+        path = sheet.path
         # Same folder as the target, so os.replace is an atomic rename on one file system.
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with tmp.open("x", encoding="utf-8", newline="") as f:
                 writer = csv.writer(f, delimiter=self.settings.delimiter)
-                writer.writerow(self.columns)
+                writer.writerow(sheet.columns)
                 writer.writerows(rows)
                 f.flush()
                 os.fsync(f.fileno())
@@ -198,46 +264,53 @@ class CsvAdapter(Adapter[CsvSettings]):
             raise
         _fsync_dir(path.parent)  # make the rename itself durable
 
-    def _load(self) -> dict[str, list[str]]:
-        path = self.settings.path
+    def _load(self, sheet: _Sheet) -> dict[str, list[str]]:
+        path = sheet.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a crash mid-write
                 stale.unlink(missing_ok=True)
             # utf-8-sig: tolerate the BOM a spreadsheet program may add when saving.
             with path.open(encoding="utf-8-sig", newline="") as f:
-                return self._parse(csv.reader(f, delimiter=self.settings.delimiter, strict=True))
+                reader = csv.reader(f, delimiter=self.settings.delimiter, strict=True)
+                return _parse(sheet, reader)
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise ConfigError(f"{path}: cannot read the CSV file: {exc}") from exc
 
-    def _parse(self, reader: Reader) -> dict[str, list[str]]:
-        path, key = self.settings.path, self.settings.key_column
-        header = next(reader, None)
-        if header is None:
-            return {}  # empty file
-        if key not in header or len(set(header)) != len(header):
-            raise ConfigError(f"{path}: header has no {key!r} column or repeats one: not ours?")
-        # The mapping may have changed: keep the columns that still exist, in the new order.
-        where = [header.index(c) if c in header else None for c in self.columns]
-        key_at = header.index(key)
-        rows: dict[str, list[str]] = {}
-        for cells in reader:
-            if not any(cells):
-                continue  # blank line
-            if len(cells) > len(header):
-                raise ConfigError(f"{path}: line {reader.line_num} has more cells than the header")
-            cells += [""] * (len(header) - len(cells))
-            # _safe again: a hand-edited cell may hold a formula; idempotent for our own cells.
-            row = [_safe(cells[i]) if i is not None else "" for i in where]
-            # The key as this version writes it: the same contact finds its row whichever
-            # version wrote the file, and a hand-typed formula key is neutralised.
-            row[0] = _escaped(_unescaped(cells[key_at]))
-            if not row[0]:
-                raise ConfigError(f"{path}: line {reader.line_num} has an empty {key!r}")
-            rows[row[0]] = row
-        return rows
+
+def _columns(key: str, fields: Sequence[str]) -> list[str]:
+    """A file's header: the key column first, even when the mapping also produces it."""
+    return [key, *(f for f in fields if f != key)]
+
+
+def _parse(sheet: _Sheet, reader: Reader) -> dict[str, list[str]]:
+    path, key = sheet.path, sheet.key
+    header = next(reader, None)
+    if header is None:
+        return {}  # empty file
+    if key not in header or len(set(header)) != len(header):
+        raise ConfigError(f"{path}: header has no {key!r} column or repeats one: not ours?")
+    # The mapping may have changed: keep the columns that still exist, in the new order.
+    where = [header.index(c) if c in header else None for c in sheet.columns]
+    key_at = header.index(key)
+    rows: dict[str, list[str]] = {}
+    for cells in reader:
+        if not any(cells):
+            continue  # blank line
+        if len(cells) > len(header):
+            raise ConfigError(f"{path}: line {reader.line_num} has more cells than the header")
+        cells += [""] * (len(header) - len(cells))
+        # _safe again: a hand-edited cell may hold a formula; idempotent for our own cells.
+        row = [_safe(cells[i]) if i is not None else "" for i in where]
+        # The key as this version writes it: the same contact finds its row whichever
+        # version wrote the file, and a hand-typed formula key is neutralised.
+        row[0] = _escaped(_unescaped(cells[key_at]))
+        if not row[0]:
+            raise ConfigError(f"{path}: line {reader.line_num} has an empty {key!r}")
+        rows[row[0]] = row
+    return rows
 
 
 def _fsync_dir(folder: Path) -> None:

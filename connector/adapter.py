@@ -51,6 +51,13 @@ ENTRY_POINT_GROUP = "mimeeq_connector.adapters"
 
 Operation = Literal["upsert", "delete"]
 EventKind = Literal["created", "updated", "deleted"]
+# The Mimeeq objects the connector syncs: contacts (ids CONT-…) and companies (ids COMP-…).
+ObjectType = Literal["contact", "company"]
+
+
+def object_type_of(event: str) -> ObjectType:
+    """Whose event this is: ``company-…`` events carry a company, every other one a contact."""
+    return "company" if event.startswith("company-") else "contact"
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -76,6 +83,9 @@ class TargetSettings(BaseModel):
 
     type: str
     mapping: str | dict[str, Any] = Field(description="mapping file, or an inline mapping")
+    company_mapping: str | dict[str, Any] | None = Field(
+        default=None, description="this target takes Mimeeq companies too, mapped by this"
+    )
     enabled: bool = True
     batch_size: int | None = Field(default=None, ge=1, description="default: the adapter's max")
     concurrency: int | None = Field(default=None, ge=1, le=64, description="batches in flight")
@@ -89,9 +99,9 @@ class TargetSettings(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One contact to push: the latest state the connector holds for it."""
+    """One contact or company to push: the latest state the connector holds for it."""
 
-    contact_id: str
+    contact_id: str  # the Mimeeq id of the object: a contact's CONT-…, a company's COMP-…
     op: Operation
     event: str  # the Mimeeq event that carried this state, e.g. "contact-updated"
     event_id: str  # stable across retries of the same state: a natural idempotency key
@@ -106,6 +116,7 @@ class Record:
     company_id: str | None = None  # the Mimeeq company the contact belongs to (companyId)
     company: CompanyLink | None = None  # the association last confirmed in the target
     email: str | None = None  # the contact's first e-mail in Mimeeq, mapped or not
+    object_type: ObjectType = "contact"  # mapped with the target's company_mapping if "company"
 
     @property
     def kind(self) -> EventKind:
@@ -165,6 +176,7 @@ class TargetContext:
     fields: tuple[str, ...]  # the mapped field names, in the mapping's order
     report: TargetReporter = field(default_factory=TargetReporter)
     limiter: LimiterFactory = shared_limiter  # the account's request budget, for rate limits
+    company_fields: tuple[str, ...] = ()  # the company mapping's fields (none: no companies)
 
     @property
     def key(self) -> TargetKey:
@@ -187,6 +199,8 @@ class Adapter(ABC, Generic[SettingsT]):
     max_batch_size: ClassVar[int] = 100
     default_concurrency: ClassVar[int] = 1
     default_linger: ClassVar[float] = 0.05  # seconds; longer where every call is precious
+    # Whether the target can take companies (``company_mapping``); records then carry either.
+    takes_companies: ClassVar[bool] = False
 
     def __init__(self, settings: SettingsT, context: TargetContext) -> None:
         self.settings: SettingsT = settings

@@ -27,11 +27,19 @@ from pydantic import (
     field_validator,
 )
 
-from connector.adapter import Adapter, TargetSettings, adapter_class
+from connector.adapter import (
+    Adapter,
+    ObjectType,
+    TargetContext,
+    TargetReporter,
+    TargetSettings,
+    adapter_class,
+)
 from connector.backfill import ImportSettings
 from connector.errors import ConfigError
 from connector.keys import TargetKey, target_key
 from connector.mapping import FieldMapping, StrictYamlLoader, load_mapping
+from connector.ratelimit import LimiterFactory, shared_limiter
 from connector.store.url import PostgresUrl, parse_store_url
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -124,10 +132,27 @@ class Target:
     settings: TargetSettings
     adapter: type[Adapter]
     mapping: FieldMapping
+    company_mapping: FieldMapping | None = None  # None: the target takes contacts only
 
     @property
     def key(self) -> TargetKey:
         return target_key(self.tenant, self.name)
+
+    def mapping_for(self, object_type: ObjectType) -> FieldMapping | None:
+        return self.company_mapping if object_type == "company" else self.mapping
+
+    def context(
+        self, report: TargetReporter | None = None, limiter: LimiterFactory = shared_limiter
+    ) -> TargetContext:
+        """What the target's adapter is told about where it runs."""
+        return TargetContext(
+            self.tenant,
+            self.name,
+            self.mapping.fields,
+            report or TargetReporter(),
+            limiter,
+            company_fields=self.company_mapping.fields if self.company_mapping else (),
+        )
 
 
 @dataclass(frozen=True)
@@ -141,8 +166,20 @@ class Tenant:
 
     @cached_property
     def enabled_targets(self) -> tuple[str, ...]:
-        """Keys of the targets a new event goes to (once per config, not per webhook)."""
+        """Keys of the targets a new contact event goes to (once per config, not per webhook)."""
         return tuple(t.key for t in self.targets.values() if t.settings.enabled)
+
+    @cached_property
+    def company_targets(self) -> tuple[str, ...]:
+        """Keys of the targets a new company event goes to: those with a company mapping."""
+        return tuple(
+            t.key
+            for t in self.targets.values()
+            if t.settings.enabled and t.company_mapping is not None
+        )
+
+    def targets_for(self, object_type: ObjectType) -> tuple[str, ...]:
+        return self.company_targets if object_type == "company" else self.enabled_targets
 
 
 @dataclass(frozen=True)
@@ -244,13 +281,30 @@ def _load_target(
     except ValidationError as exc:
         reporter.pydantic(exc, loc)
         return None
-    origin = f"{path.name}: {'.'.join(map(str, (*loc, 'mapping')))}"
-    try:
-        mapping = load_mapping(settings.mapping, path.parent, origin=origin)
-    except ConfigError as exc:
-        reporter.problems.extend(exc.problems)
-        return None
-    return Target(tenant=tenant, name=name, settings=settings, adapter=cls, mapping=mapping)
+    mappings: dict[str, FieldMapping | None] = {"mapping": None, "company_mapping": None}
+    for key in mappings:
+        source = getattr(settings, key)
+        if source is None:
+            continue
+        if key == "company_mapping" and not cls.takes_companies:
+            reporter.add((*loc, key), f"a {type_name} target does not take companies")
+            continue
+        origin = f"{path.name}: {'.'.join(map(str, (*loc, key)))}"
+        try:
+            mappings[key] = load_mapping(source, path.parent, origin=origin)
+        except ConfigError as exc:
+            reporter.problems.extend(exc.problems)
+    mapping, company_mapping = mappings["mapping"], mappings["company_mapping"]
+    if mapping is None or (settings.company_mapping is not None and company_mapping is None):
+        return None  # its problems are reported
+    return Target(
+        tenant=tenant,
+        name=name,
+        settings=settings,
+        adapter=cls,
+        mapping=mapping,
+        company_mapping=company_mapping,
+    )
 
 
 def _interpolate(value: Any, loc: tuple[str | int, ...], reporter: _Reporter) -> Any:

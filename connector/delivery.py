@@ -34,10 +34,11 @@ from collections.abc import Sequence
 import orjson
 
 from connector import mirror
-from connector.adapter import CLAIM_HOLD, Adapter, ClaimHold, Record
+from connector.adapter import CLAIM_HOLD, Adapter, ClaimHold, Record, object_type_of
 from connector.config import Target
 from connector.errors import RecordMappingError, TargetPaused
 from connector.logs import get_logger
+from connector.mapping import FieldMapping
 from connector.metrics import Metrics
 from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
 from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
@@ -97,6 +98,7 @@ class TargetWorker:
         self._lanes: list[asyncio.Task[None]] = []
         self._log = log.bind(tenant=target.tenant, target=target.name)
         self._troubles: dict[str, float] = {}  # when each kind of error was last logged
+        self._swept = False  # contacts waiting for a company looked at since the start
 
     @property
     def running(self) -> bool:
@@ -151,6 +153,7 @@ class TargetWorker:
                     finally:
                         heartbeat.cancel()
                     del self._inflight[claim.token]
+                    await self._relink(claim.items, results)
                     # Events that arrived during the push, or retries due soon, may be waiting
                     # for the lane that watches the queue: have it look again.
                     self.wake.set()
@@ -203,8 +206,47 @@ class TargetWorker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECORD_RETRY_MAX)
 
+    async def _relink(self, items: Sequence[ClaimedItem], results: Sequence[Result]) -> None:
+        """Have the contacts that wait for a company written again once it is in the target.
+
+        Whichever of a company and its contact completes second finds the other: the contacts
+        of a company just written, and the contacts just left waiting whose company has come
+        meanwhile (another lane or replica wrote it). A crash in between is caught at the next
+        start, which looks at every waiting contact (``_swept``).
+        """
+        if not self.adapter.associates_companies:
+            return
+        by_id = {item.contact_id: item for item in items}
+        written: list[str] = []
+        deleted: list[str] = []
+        waiting: list[str] = []
+        for result in results:
+            item = by_id[result.contact_id]
+            if result.kind != "delivered":
+                continue
+            if object_type_of(item.event_type) == "company":
+                (deleted if item.op == "delete" else written).append(item.contact_id)
+            elif result.state and result.state.company_id and not result.state.company_remote_id:
+                waiting.append(item.contact_id)
+        if written or deleted or waiting:
+            await self._queue_links(written, waiting, deleted)
+
+    async def _queue_links(
+        self,
+        companies: Sequence[str] | None,
+        contacts: Sequence[str] = (),
+        deleted: Sequence[str] = (),
+    ) -> None:
+        queued = await self.store.relink(self.key, companies, contacts, deleted)
+        if queued:
+            self.notify(queued)
+            self._log.info("contacts queued to link with their company", contacts=queued)
+
     async def _next_claim(self) -> tuple[Claim, ClaimHold] | None:
         """The next batch, and until when (wall clock) the claim on it surely holds."""
+        if not self._swept and self.adapter.associates_companies:
+            await self._queue_links(None)
+            self._swept = True
         await self._sync_pause()
         if self._stopping or await self._wait_while_paused():
             return None
@@ -290,10 +332,14 @@ class TargetWorker:
         outcomes: dict[int, Outcome | _Unchanged] = {}
         records: dict[int, tuple[Record, mirror.Plan | None]] = {}
         for index, item in enumerate(claim.items):
+            mapping = self.target.mapping_for(object_type_of(item.event_type))
+            if mapping is None:  # queued before the company mapping left the config
+                outcomes[index] = Dead("this target takes no companies: it has no company_mapping")
+                continue
             try:
-                records[index] = self._record(item)
+                records[index] = self._record(item, mapping)
             except RecordMappingError as exc:
-                outcomes[index] = Dead(f"mapping {self.target.mapping.source}: {exc}")
+                outcomes[index] = Dead(f"mapping {mapping.source}: {exc}")
                 continue
             plan = records[index][1]
             if plan is not None and plan.skip:
@@ -328,22 +374,30 @@ class TargetWorker:
             await self.resume()
         return self._results(claim.items, outcomes, records)
 
-    def _record(self, item: ClaimedItem) -> tuple[Record, mirror.Plan | None]:
+    def _mapping_source(self, item: ClaimedItem) -> str:
+        mapping = self.target.mapping_for(object_type_of(item.event_type))
+        return mapping.source if mapping is not None else "(none)"
+
+    def _record(
+        self, item: ClaimedItem, mapping: FieldMapping
+    ) -> tuple[Record, mirror.Plan | None]:
         """The record to push, and for an upsert the plan of its write (None for a delete)."""
+        object_type = object_type_of(item.event_type)
         payload = orjson.loads(item.payload)
-        fields = self.target.mapping.apply(payload)
-        company = payload.get("companyId") if isinstance(payload, dict) else None
+        fields = mapping.apply(payload)
+        company = payload.get("companyId") if object_type == "contact" else None
         company_id = str(company) if company else None
+        associates = self.adapter.associates_companies and object_type == "contact"
         state = item.state
         plan = None
         if item.op == "upsert":
             plan = mirror.plan(
                 fields,
-                self.target.mapping.fields,
+                mapping.fields,
                 state,
                 full=item.full,
                 company_id=company_id,
-                associates=self.adapter.associates_companies,
+                associates=associates,
             )
         linked = None
         if state is not None and state.company_id is not None:
@@ -361,7 +415,8 @@ class TargetWorker:
             cleared=plan.cleared if plan else (),
             company_id=company_id,
             company=linked,
-            email=_first_email(payload),
+            email=_first_email(payload) if object_type == "contact" else None,
+            object_type=object_type,
         )
         return record, plan
 
@@ -412,7 +467,7 @@ class TargetWorker:
                     due_at=now + delay,
                     count_attempt=outcome.count_attempt,
                 )
-            results.append(dataclasses.replace(result, mapping=self.target.mapping.source))
+            results.append(dataclasses.replace(result, mapping=self._mapping_source(item)))
             counts[result.kind] += 1
             if result.kind == "dead":
                 self._log.warning(

@@ -66,7 +66,11 @@ def plan(
     cleared = tuple(name for name in mapped if name in known and name not in fields)
     same = frozenset(name for name, d in digests.items() if known.get(name) == d)
     assert state is not None
-    company_changed = associates and state.company_id != company_id
+    # A link still waiting for its company to reach the target is not done either.
+    company_changed = associates and (
+        state.company_id != company_id
+        or (company_id is not None and state.company_remote_id is None)
+    )
     skip = not full and len(same) == len(digests) and not cleared and not company_changed
     return Plan(frozenset() if full else same, cleared, digests, company_changed, skip)
 

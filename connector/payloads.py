@@ -1,4 +1,4 @@
-"""Mimeeq's webhook events and the schema of the contact payloads.
+"""Mimeeq's webhook events and the schemas of the contact and company payloads.
 
 Mimeeq posts the bare record, with no event name in it: the event is the last segment of the
 webhook URL. Payloads are validated for the fields the connector relies on; unknown fields are
@@ -14,18 +14,21 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from connector.adapter import Operation
 
-CONTACT_EVENTS: dict[str, Operation] = {
+# The events the connector syncs, and what each does to its object (the object type is the
+# event's prefix: connector.adapter.object_type_of).
+EVENTS: dict[str, Operation] = {
     "contact-created": "upsert",
     "contact-updated": "upsert",
     "contact-deleted": "delete",
+    "company-created": "upsert",
+    "company-updated": "upsert",
+    "company-deleted": "delete",
 }
 
-# Other Mimeeq events: accepted (a webhook may point at us for them) and ignored.
+# Other Mimeeq events: accepted (a webhook may point at us for them) and ignored. The fields of
+# company notes are not documented.
 OTHER_EVENTS = frozenset(
     {
-        "company-created",
-        "company-updated",
-        "company-deleted",
         "company-note-created",
         "company-note-updated",
         "company-note-deleted",
@@ -92,11 +95,56 @@ class DeletedContactPayload(TypedDict):
     emails: NotRequired[list[Email] | None]
 
 
+@with_config(_STRICT)
+class CompanyAddress(TypedDict, total=False):
+    street: Text | None
+    city: Text | None
+    postcode: Text | None
+    country: Text | None
+
+
+@with_config(_STRICT)
+class CompanyAccountDetails(TypedDict, total=False):
+    workNumber: Text | None
+    email: Text | None
+
+
+@with_config(_STRICT)
+class Social(TypedDict, total=False):
+    type: Text | None
+    address: Text | None
+
+
+@with_config(_STRICT)
+class CompanyPayload(TypedDict):
+    """company-created, -updated and -deleted: the full record after the change (a deleted
+    company's body is only known to start with its identifiers: nothing else is required)."""
+
+    id: Identifier
+    customerId: Identifier
+    companyName: NotRequired[Text | None]
+    status: NotRequired[Text | None]
+    address: NotRequired[CompanyAddress | None]
+    accountDetails: NotRequired[CompanyAccountDetails | None]
+    deliveryAddresses: NotRequired[list[dict[str, object]] | None]
+    socials: NotRequired[list[Social] | None]
+    paymentTerms: NotRequired[Text | None]
+    currency: NotRequired[Text | None]
+    tags: NotRequired[list[Text] | None]
+
+
 CONTACT = TypeAdapter(ContactPayload)
 DELETED_CONTACT = TypeAdapter(DeletedContactPayload)
+COMPANY = TypeAdapter(CompanyPayload)
 # validate_python(data) raises pydantic's ValidationError, naming the field.
-PAYLOAD_SCHEMAS: dict[str, TypeAdapter[ContactPayload] | TypeAdapter[DeletedContactPayload]] = {
+PAYLOAD_SCHEMAS: dict[
+    str,
+    TypeAdapter[ContactPayload] | TypeAdapter[DeletedContactPayload] | TypeAdapter[CompanyPayload],
+] = {
     "contact-created": CONTACT,
     "contact-updated": CONTACT,
     "contact-deleted": DELETED_CONTACT,
+    "company-created": COMPANY,
+    "company-updated": COMPANY,
+    "company-deleted": COMPANY,
 }

@@ -32,11 +32,12 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from pydantic import ValidationError
 
+from connector.adapter import object_type_of
 from connector.config import ServerSettings, Tenant
 from connector.health import StoreHealth
 from connector.http_server import ReadTimeout, send_continue
 from connector.logs import get_logger
-from connector.payloads import CONTACT_EVENTS, OTHER_EVENTS, PAYLOAD_SCHEMAS
+from connector.payloads import EVENTS, OTHER_EVENTS, PAYLOAD_SCHEMAS
 from connector.responses import HEADERS, echo, error, first_line, json_response, unavailable
 from connector.store.base import Accepted, NewEvent
 
@@ -208,7 +209,7 @@ class Receiver:
         # Labels a caller cannot invent: a configured tenant, a Mimeeq event name.
         labels = (
             tenant.slug if tenant else "unknown",
-            event if event in CONTACT_EVENTS or event in OTHER_EVENTS else "unknown",
+            event if event in EVENTS or event in OTHER_EVENTS else "unknown",
             outcome,
         )
         counter = self._counters.get(labels)
@@ -228,9 +229,13 @@ class Receiver:
             return unavailable(message, DRAIN_RETRY_AFTER), "unavailable"
         if event in OTHER_EVENTS:
             return json_response(202, {"eventId": None, "status": "ignored"}), "ignored"
-        if event not in CONTACT_EVENTS:
-            refusal = error(404, f"unknown event {echo(event)!r}", events=sorted(CONTACT_EVENTS))
+        if event not in EVENTS:
+            refusal = error(404, f"unknown event {echo(event)!r}", events=sorted(EVENTS))
             return refusal, "unknown_event"
+        if not tenant.targets_for(object_type_of(event)):
+            reason = "no target of this tenant takes companies (company_mapping)"
+            answer = {"eventId": None, "status": "ignored", "reason": reason}
+            return json_response(202, answer), "ignored"
         unsupported = unsupported_body(request)
         if unsupported is not None:
             return self._invalid(tenant, event, 415, unsupported, outcome="unsupported")
@@ -254,7 +259,7 @@ class Receiver:
         assert tenant is not None
         intake = self.intake
         settings = intake.limits
-        op = CONTACT_EVENTS[event]
+        op = EVENTS[event]
         try:
             body = await request.read()  # stops at client_max_size: never more in memory
         except web.HTTPRequestEntityTooLarge:
@@ -292,7 +297,14 @@ class Receiver:
             self._deadlines.watch(task)
         try:
             accepted = await intake.append(
-                NewEvent(tenant.slug, event, payload["id"], op, body, tenant.enabled_targets)
+                NewEvent(
+                    tenant.slug,
+                    event,
+                    payload["id"],
+                    op,
+                    body,
+                    tenant.targets_for(object_type_of(event)),
+                )
             )
         except asyncio.CancelledError:
             if task is None or not self._deadlines.expired(task):

@@ -11,7 +11,6 @@ import time
 
 from aiohttp import web
 
-from connector.adapter import TargetContext
 from connector.config import Config, Target, load_config
 from connector.delivery import TargetWorker
 from connector.errors import ConfigError
@@ -151,9 +150,7 @@ class Service:
 
     async def _start_worker(self, target: Target) -> None:
         report = MetricsReporter(self.metrics, target.tenant, target.name)
-        context = TargetContext(
-            target.tenant, target.name, target.mapping.fields, report, self._limiter
-        )
+        context = target.context(report, self._limiter)
         adapter = target.adapter(target.settings, context)
         await adapter.open()
         worker = TargetWorker(target, adapter, self.store, self.metrics)

@@ -182,6 +182,17 @@ CONTACT_TEXT = {
     "company": "Company Name",
     "website": "Website URL",
 }
+COMPANY_TEXT = {
+    "name": "Company name",
+    "domain": "Company Domain Name",
+    "address": "Street Address",
+    "city": "City",
+    "zip": "Postal Code",
+    "state": "State/Region",
+    "country": "Country/Region",
+    "website": "Website URL",
+    "description": "Description",
+}
 LIFECYCLE_STAGES = [
     ("subscriber", "Subscriber"),
     ("lead", "Lead"),
@@ -231,10 +242,8 @@ def standard_properties() -> dict[str, dict[str, dict[str, Any]]]:
                    options=LEAD_STATUSES),
     ]  # fmt: skip
     group = "companyinformation"
-    companies = [
-        definition("name", "Company name", group=group),
-        definition("domain", "Company Domain Name", group=group),
-    ]
+    companies = [definition(name, label, group=group) for name, label in COMPANY_TEXT.items()]
+    companies.append(definition("phone", "Phone Number", field_type="phonenumber", group=group))
     result = {}
     for obj_type, props in [("contacts", contacts), ("companies", companies)]:
         group = props[0]["groupName"]

@@ -29,6 +29,7 @@ class FakeAdapter(Adapter):
     type = "fake"
     settings_model: ClassVar[type[TargetSettings]] = FakeSettings
     max_batch_size = 50
+    takes_companies = True
 
     def __init__(self, settings: TargetSettings, context: object) -> None:
         super().__init__(settings, context)

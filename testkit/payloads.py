@@ -15,7 +15,8 @@ CUSTOMER = "CUST-e3115ba6-0cce-4ba5-9803-aadf90ba2a96"
 
 
 def example(name: str) -> dict[str, Any]:
-    """One of Mimeeq's example payloads: contact-created, contact-updated, contact-deleted."""
+    """One of Mimeeq's example payloads: contact-created, contact-updated, contact-deleted,
+    company-created."""
     return json.loads((DATA / f"{name}.json").read_text())
 
 
@@ -29,7 +30,21 @@ def contact(n: int, **changes: Any) -> dict[str, Any]:
     return body
 
 
+def company(n: int, **changes: Any) -> dict[str, Any]:
+    """A distinct company built from the company-created example."""
+    body = example("company-created")
+    body["id"] = company_id(n)
+    body["companyName"] = f"Company {n}"
+    body.update(changes)
+    return body
+
+
+def company_id(n: int) -> str:
+    return f"COMP-{n:08d}-0000-0000-0000-000000000000"
+
+
 FAKE_MAPPING = {"fields": {"first": "firstName", "last": "lastName", "email": "emails[0].mail"}}
+FAKE_COMPANY_MAPPING = {"fields": {"name": "companyName", "city": "address.city"}}
 
 
 def write_config(
@@ -41,7 +56,13 @@ def write_config(
 ) -> Path:
     """A config file with tenant ``demo`` (token TOKEN) and the given targets."""
     if targets is None:
-        targets = {"fake": {"type": "fake", "mapping": FAKE_MAPPING}}
+        targets = {
+            "fake": {
+                "type": "fake",
+                "mapping": FAKE_MAPPING,
+                "company_mapping": FAKE_COMPANY_MAPPING,
+            }
+        }
     config = {
         "server": {"host": "127.0.0.1", "port": 0, "drain_timeout": 5},
         "store": {"url": "sqlite:///connector.db"},

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from adapters.http import chunks, join_notes
 from adapters.hubspot.api import (
@@ -20,22 +20,37 @@ from adapters.hubspot.api import (
     log,
 )
 from adapters.hubspot.setup import _describe, _existing_id, _Setup, _with_options
-from connector.adapter import Adapter, Record, TargetContext
+from connector.adapter import Adapter, ObjectType, Record, TargetContext
 from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """What a Mimeeq object becomes in HubSpot: a contact, or a company."""
+
+    object_type: str  # HubSpot's name: "contacts" or "companies"
+    id_property: str  # the unique property upserts match on
+    batch: Any  # hubspot-api-client's batch API of the object type
+
+    def norm(self, key: str) -> str:
+        """Keys as HubSpot compares them: e-mail addresses regardless of case."""
+        return key.lower() if self.id_property == "email" else key
 
 
 @dataclass(slots=True)
 class _Found:
-    """What writing a batch found, as it is split on errors: an outcome per record (by index), or
-    the HubSpot id of a contact that has its e-mail already, to adopt."""
+    """What writing a batch of one kind found, as it is split on errors: an outcome per record
+    (by index), or the HubSpot id of a contact that has its e-mail already, to adopt."""
 
     outcomes: dict[int, Outcome]
+    kind: _Kind
     adopt: dict[int, str] = field(default_factory=dict)
 
 
 class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
     type = "hubspot"
     settings_model = HubSpotSettings
+    takes_companies = True
     max_batch_size = MAX_INPUTS
     default_concurrency = 4
     default_linger = 0.5  # calls are rationed: wait a little to send full batches
@@ -50,10 +65,17 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
             report=context.report,
             limiter=context.limiter,
         )
-        self._options: dict[str, set[str] | None] = {}  # auto_options property -> known options
+        # (object type, auto_options property) -> its known options; None: not an enumeration
+        self._options: dict[tuple[str, str], set[str] | None] = {}
         self._options_lock = asyncio.Lock()
-        self._companies: dict[str, tuple[str | None, float]] = {}  # company id -> (HubSpot id, at)
-        self._half_filled: set[str] = set()  # contacts to write whole: see _upsert
+        # Mimeeq company id -> (HubSpot id, when seen). Only companies found are kept: one that is
+        # missing may be created any moment, by this process or another.
+        self._companies: dict[str, tuple[str, float]] = {}
+        self._half_filled: set[str] = set()  # objects to write whole: see _upsert
+        self._kinds: dict[ObjectType, _Kind] = {
+            "contact": _Kind("contacts", settings.id_property, self.api.contacts),
+            "company": _Kind("companies", settings.company_id_property, self.api.companies),
+        }
 
     @property
     def associates_companies(self) -> bool:
@@ -68,9 +90,13 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         if self.api.zone_due():  # before the daily budget runs out, when it can still be read
             await self.api.read_zone()
         outcomes: dict[int, Outcome] = {}
-        upserts = [(i, r) for i, r in enumerate(records) if r.op == "upsert"]
-        deletes = [(i, r) for i, r in enumerate(records) if r.op == "delete"]
-        for run, items in ((self._upsert, upserts), (self._delete, deletes)):
+        # Companies first: the contacts of the same batch can then be linked to them at once.
+        runs: list[tuple[Any, list[tuple[int, Record]]]] = [
+            (run, [(i, r) for i, r in enumerate(records) if r.op == op and r.object_type == type_])
+            for type_ in ("company", "contact")
+            for op, run in (("upsert", self._upsert), ("delete", self._delete))
+        ]
+        for run, items in runs:
             if not items:
                 continue
             try:
@@ -88,20 +114,28 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         return {name: hubspot_value(v, options=name in enumerations) for name, v in values.items()}
 
     def _whole(self, u: _Upsert) -> _Upsert:
-        """The same contact with every mapped value, nothing cleared."""
+        """The same object with every mapped value, nothing cleared."""
         properties = self._encode(u.record.fields)
-        if self.settings.id_property != "email":
-            properties[self.settings.id_property] = u.key
+        id_property = self._kinds[u.record.object_type].id_property
+        if id_property != "email":
+            properties[id_property] = u.key
         return dataclasses.replace(u, properties=properties, partial=False, new=False)
 
     async def _upsert(self, items: list[tuple[int, Record]]) -> dict[int, Outcome]:
+        """Create or update objects of one kind (the batch was split by kind)."""
         outcomes: dict[int, Outcome] = {}
         upserts: list[_Upsert] = []
-        id_property = self.settings.id_property
+        linking: list[_Upsert] = []  # nothing to write, only the company link to make
+        kind = self._kinds[items[0][1].object_type]
+        id_property = kind.id_property
         for index, record in items:
             whole = record.contact_id in self._half_filled
             properties = self._encode(record.fields if whole else record.changes)
             properties.update(dict.fromkeys(record.cleared, ""))
+            if not properties and record.remote_id:
+                outcomes[index] = Delivered(remote_id=record.remote_id)
+                linking.append(_Upsert(index, record, record.remote_id, properties))
+                continue
             if id_property == "email":
                 key = hubspot_value(record.fields.get("email")).strip()
                 if not key:
@@ -111,17 +145,16 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
                 key = properties[id_property] = record.contact_id
             partial = bool(record.unchanged) and not whole
             upserts.append(_Upsert(index, record, key, properties, partial))
-        if not upserts:
-            return outcomes
-        await self._write(upserts, outcomes)
-        # HubSpot created a contact that got only the changes: someone deleted it in HubSpot.
+        if upserts:
+            await self._write(upserts, outcomes, kind)
+        # HubSpot created an object that got only the changes: someone deleted it in HubSpot.
         lost = [
             u for u in upserts if u.new and u.partial and isinstance(outcomes[u.index], Delivered)
         ]
         # Until the whole record is written, the next write of these contacts is whole.
         self._half_filled.update(u.record.contact_id for u in lost)
         if lost:
-            await self._write([self._whole(u) for u in lost], outcomes)
+            await self._write([self._whole(u) for u in lost], outcomes, kind)
             for u in lost:
                 outcome = outcomes[u.index]
                 if isinstance(outcome, Delivered):
@@ -130,40 +163,48 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         self._half_filled.difference_update(
             u.record.contact_id for u in upserts if isinstance(outcomes.get(u.index), Delivered)
         )
-        if self.settings.associate_company:
-            delivered = [u for u in upserts if isinstance(outcomes.get(u.index), Delivered)]
-            await self._associate(delivered, outcomes)
+        delivered = [u for u in upserts if isinstance(outcomes.get(u.index), Delivered)]
+        if kind.object_type == "companies":
+            now = time.monotonic()
+            for u in delivered:
+                if remote_id := cast(Delivered, outcomes[u.index]).remote_id:
+                    self._companies[u.record.contact_id] = (remote_id, now)
+        elif self.settings.associate_company:
+            await self._associate(linking + delivered, outcomes)
         return outcomes
 
-    async def _write(self, upserts: list[_Upsert], outcomes: dict[int, Outcome]) -> None:
-        await self._ensure_options(upserts)
-        found = _Found(outcomes)
+    async def _write(
+        self, upserts: list[_Upsert], outcomes: dict[int, Outcome], kind: _Kind
+    ) -> None:
+        await self._ensure_options(upserts, kind.object_type)
+        found = _Found(outcomes, kind)
         await self._upsert_batch(upserts, found)
         if found.adopt:
             await self._adopt([u for u in upserts if u.index in found.adopt], found.adopt, outcomes)
 
     async def _upsert_batch(self, batch: list[_Upsert], found: _Found) -> None:
+        kind = found.kind
         body = {
             "inputs": [
-                {"id": u.key, "idProperty": self.settings.id_property, "properties": u.properties}
+                {"id": u.key, "idProperty": kind.id_property, "properties": u.properties}
                 for u in batch
             ]
         }
-        answer = await self.api.call(self.api.contacts.upsert, body)
-        if answer.status == 409:
+        answer = await self.api.call(kind.batch.upsert, body)
+        if answer.status == 409 and kind.object_type == "contacts":
             await self._resolve_conflict(batch, answer, found)
             return
         if answer.status >= 400:
             await self._split_or_fail(batch, answer, found)
             return
         written = {
-            self._norm(str((r.get("properties") or {}).get(self.settings.id_property, ""))): r
+            kind.norm(str((r.get("properties") or {}).get(kind.id_property, ""))): r
             for r in answer.results
         }
-        failed = self._errors_by_key(answer)
+        failed = self._errors_by_key(answer, kind)
         unexplained = []
         for u in batch:
-            key = self._norm(u.key)
+            key = kind.norm(u.key)
             if key in written:
                 u.new = written[key].get("new") is True
                 found.outcomes[u.index] = Delivered(remote_id=str(written[key].get("id")))
@@ -218,7 +259,8 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         message = str(error.get("message") or error)
         category = str(error.get("category") or "")
         existing = _existing_id(Answer(409, {}, error))
-        if existing and (category == "CONFLICT" or "already exists" in message):
+        conflict = category == "CONFLICT" or "already exists" in message
+        if existing and conflict and found.kind.object_type == "contacts":
             if u.record.remote_id and u.record.remote_id != existing:
                 found.outcomes[u.index] = Dead(
                     f"HubSpot: the e-mail belongs to another contact ({existing}): {message}"
@@ -238,7 +280,7 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         The contact is new to the connector: it gets the whole record and nothing is cleared.
         """
         by_id = {adopt[u.index]: self._whole(u) for u in batch}
-        await self._ensure_options(list(by_id.values()))
+        await self._ensure_options(list(by_id.values()), "contacts")
         body = {"inputs": [{"id": hs_id, "properties": u.properties} for hs_id, u in by_id.items()]}
         answer = await self.api.call(self.api.contacts.update, body)
         if answer.status >= 400:
@@ -259,41 +301,41 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
                 error = failed.get(hs_id, {"message": "no result for this contact"})
                 outcomes[u.index] = Dead(f"HubSpot (adopting {hs_id}): {error.get('message')}")
 
-    def _errors_by_key(self, answer: Answer) -> dict[str, dict[str, Any]]:
+    @staticmethod
+    def _errors_by_key(answer: Answer, kind: _Kind) -> dict[str, dict[str, Any]]:
         failed: dict[str, dict[str, Any]] = {}
         for error in answer.errors:
             for key in (error.get("context") or {}).get("ids") or []:
-                failed[self._norm(str(key))] = error
+                failed[kind.norm(str(key))] = error
         return failed
 
-    def _norm(self, key: str) -> str:
-        return key.lower() if self.settings.id_property == "email" else key
-
-    async def _ensure_options(self, upserts: list[_Upsert]) -> None:
+    async def _ensure_options(self, upserts: list[_Upsert], object_type: str) -> None:
         """Add the options that new values of ``auto_options`` properties need."""
         for name in self.settings.auto_options:
             wanted = {v for u in upserts for v in u.properties.get(name, "").split(";") if v}
-            known = self._options.get(name, set())
+            known = self._options.get((object_type, name), set())
             if not wanted or (known is not None and wanted <= known):
                 continue
             async with self._options_lock:  # one read-modify-write of the options at a time
                 # Read them afresh: options added in HubSpot meanwhile must not be dropped.
-                answer = await self.api.call(self.api.properties.get_by_name, "contacts", name)
+                answer = await self.api.call(self.api.properties.get_by_name, object_type, name)
                 if answer.status != 200 or not isinstance(answer.body, dict):
-                    self._options[name] = None  # no such property: the upsert will say so
+                    self._options[(object_type, name)] = (
+                        None  # no such property: the upsert will say so
+                    )
                     continue
                 if answer.body.get("type") != "enumeration":
-                    self._options[name] = None  # text takes any value
+                    self._options[(object_type, name)] = None  # text takes any value
                     continue
                 options = [o for o in answer.body.get("options") or [] if isinstance(o, dict)]
                 current = {str(o.get("value")) for o in options}
-                self._options[name] = current
+                self._options[(object_type, name)] = current
                 added = sorted(wanted - current)
                 if not added:
                     continue
                 answer = await self.api.call(
                     self.api.properties.update,
-                    "contacts",
+                    object_type,
                     name,
                     {"options": _with_options(options, added)},
                 )
@@ -321,9 +363,14 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
                 moving.append((u, delivered.remote_id, old))
         if not moving:
             return
-        company_ids = await self._company_ids(
-            {c for u, _, _ in moving if (c := u.record.company_id)}
-        )
+        try:
+            company_ids = await self._company_ids(
+                {c for u, _, _ in moving if (c := u.record.company_id)}
+            )
+        except Undelivered as exc:  # written, not linked: linked when tried again
+            for u, _, _ in moving:
+                outcomes[u.index] = Retry(f"looking up the company: {exc.outcome.reason}")
+            return
         failed: dict[int, str] = {}  # record index -> why
         removals = []  # (upsert, HubSpot contact id, HubSpot company id)
         additions = []
@@ -379,44 +426,54 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
 
     async def _company_ids(self, companies: set[str]) -> dict[str, str | None]:
         now = time.monotonic()
-        found = {
+        found: dict[str, str | None] = {
             c: hit[0]
             for c in companies
             if (hit := self._companies.get(c)) and now - hit[1] < self.company_cache_ttl
         }
         missing = sorted(companies - set(found))
-        for chunk in chunks(missing, MAX_INPUTS):
+        hits = await self._read_ids(self._kinds["company"], missing) if missing else {}
+        for c in missing:
+            found[c] = hits.get(c)
+            if c in hits:
+                self._companies[c] = (hits[c], now)
+        return found
+
+    async def _read_ids(self, kind: _Kind, keys: list[str]) -> dict[str, str]:
+        """HubSpot ids of the objects whose unique property has one of these values (by value,
+        as :meth:`_Kind.norm` gives it): only those found."""
+        hits: dict[str, str] = {}
+        for chunk in chunks(keys, MAX_INPUTS):
             body = {
-                "idProperty": self.settings.company_id_property,
-                "inputs": [{"id": c} for c in chunk],
-                "properties": [self.settings.company_id_property],
+                "idProperty": kind.id_property,
+                "inputs": [{"id": key} for key in chunk],
+                "properties": [kind.id_property],
                 "propertiesWithHistory": [],
             }
-            answer = await self.api.call(self.api.companies.read, body)
-            hits = {
-                str((r.get("properties") or {}).get(self.settings.company_id_property)): str(
-                    r.get("id")
-                )
-                for r in answer.results
-            }
-            for c in chunk:
-                found[c] = hits.get(c)
-                self._companies[c] = (found[c], now)
-        return found
+            answer = await self.api.call(kind.batch.read, body)
+            if answer.status >= 400 and answer.status != 404:
+                raise Undelivered(Retry(_describe(answer)))
+            for r in answer.results:
+                key = kind.norm(str((r.get("properties") or {}).get(kind.id_property)))
+                hits[key] = str(r.get("id"))
+        return hits
 
     # --- deletes -----------------------------------------------------------------------------
 
     async def _delete(self, items: list[tuple[int, Record]]) -> dict[int, Outcome]:
+        """Delete objects of one kind (the batch was split by kind) as ``on_delete`` says."""
         mode = self.settings.on_delete
+        kind = self._kinds[items[0][1].object_type]
         if mode == "ignore":
             return {i: Delivered(note="on_delete is ignore: left in HubSpot") for i, _ in items}
-        if mode == "gdpr_delete":
+        if mode == "gdpr_delete" and kind.object_type == "contacts":
             return {i: await self._gdpr_delete(r) for i, r in items}
+        # HubSpot's GDPR delete is for contacts: a company (no personal data) is archived.
         outcomes: dict[int, Outcome] = {}
-        hubspot_ids = await self._find(items, outcomes)
+        hubspot_ids = await self._find(items, outcomes, kind)
         if hubspot_ids:
             answer = await self.api.call(
-                self.api.contacts.archive, {"inputs": [{"id": h} for h in hubspot_ids.values()]}
+                kind.batch.archive, {"inputs": [{"id": h} for h in hubspot_ids.values()]}
             )
             for i, hs_id in hubspot_ids.items():
                 outcomes[i] = (
@@ -424,60 +481,49 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
                     if answer.status < 300
                     else Dead(_describe(answer))
                 )
+        if kind.object_type == "companies":
+            for _, record in items:
+                self._companies.pop(record.contact_id, None)
         return outcomes
 
     async def _find(
-        self, items: list[tuple[int, Record]], outcomes: dict[int, Outcome]
+        self, items: list[tuple[int, Record]], outcomes: dict[int, Outcome], kind: _Kind
     ) -> dict[int, str]:
-        """HubSpot ids of the contacts to delete: remembered, else looked up by the id property."""
+        """HubSpot ids of the objects to delete: remembered, else looked up by the id property."""
         found = {i: r.remote_id for i, r in items if r.remote_id}
         unknown = {}
         for i, record in items:
             if i in found:
                 continue
-            key = self._delete_key(record)
+            key = self._delete_key(record, kind)
             if key is None:
                 outcomes[i] = Delivered(note="no e-mail to find it by: nothing to delete")
             else:
                 unknown[i] = key
         if unknown:
-            answer = await self.api.call(
-                self.api.contacts.read,
-                {
-                    "idProperty": self.settings.id_property,
-                    "inputs": [{"id": key} for key in unknown.values()],
-                    "properties": [self.settings.id_property],
-                    "propertiesWithHistory": [],
-                },
-            )
-            if answer.status >= 400 and answer.status != 404:
-                raise Undelivered(Retry(_describe(answer)))
-            hits = {
-                self._norm(str((r.get("properties") or {}).get(self.settings.id_property))): str(
-                    r.get("id")
-                )
-                for r in answer.results
-            }
+            hits = await self._read_ids(kind, list(unknown.values()))
             for i, key in unknown.items():
-                if self._norm(key) in hits:
-                    found[i] = hits[self._norm(key)]
+                if kind.norm(key) in hits:
+                    found[i] = hits[kind.norm(key)]
                 else:
                     outcomes[i] = Delivered(note="not in HubSpot: nothing to delete")
         return {i: hs_id for i, hs_id in found.items() if hs_id}
 
-    def _delete_key(self, record: Record) -> str | None:
-        if self.settings.id_property != "email":
+    @staticmethod
+    def _delete_key(record: Record, kind: _Kind) -> str | None:
+        if kind.id_property != "email":
             return record.contact_id
         return str(record.fields.get("email") or record.email or "") or None
 
     async def _gdpr_delete(self, record: Record) -> Outcome:
+        kind = self._kinds["contact"]
         if record.remote_id:
             body: dict[str, str] = {"objectId": record.remote_id}
         else:
-            key = self._delete_key(record)
+            key = self._delete_key(record, kind)
             if key is None:
                 return Delivered(note="no e-mail to find it by: nothing to delete")
-            body = {"objectId": key, "idProperty": self.settings.id_property}
+            body = {"objectId": key, "idProperty": kind.id_property}
         answer = await self.api.call(self.api.contacts_basic.purge, body)
         if answer.status < 300:
             return Delivered(remote_id=record.remote_id, note="GDPR-deleted")

@@ -49,31 +49,38 @@ class _Setup:
                  "description": "Set by mimeeq-connector: the contact's id in Mimeeq."},
                 report,
             )  # fmt: skip
-        for name in self._enumerations():
+        for name in self._enumerations(mapped):
             await self._create_property("contacts", self._enumeration(name), report)
-        if s.associate_company:
+        companies = self.context.company_fields
+        if s.associate_company or companies:
             report(await self._create_group("companies", s.property_group))
             await self._create_property(
                 "companies",
                 {"name": s.company_id_property, "label": "Mimeeq company ID",
                  "type": "string", "fieldType": "text", "groupName": s.property_group,
-                 "hasUniqueValue": True},
+                 "hasUniqueValue": True,
+                 "description": "Set by mimeeq-connector: the company's id in Mimeeq."},
                 report,
             )  # fmt: skip
-        answer = await self.api.call(self.api.properties.get_all, "contacts")
-        existing = {str(p.get("name")) for p in answer.results}
-        for name in mapped:
-            if name not in existing and name not in self._enumerations():
-                report(
-                    f"WARNING: mapped property {name!r} is not in HubSpot: "
-                    "create it or fix the mapping"
-                )
+        for name in self._enumerations(companies):
+            await self._create_property("companies", self._enumeration(name), report)
+        for object_type, fields in (("contacts", mapped), ("companies", companies)):
+            if not fields:
+                continue
+            answer = await self.api.call(self.api.properties.get_all, object_type)
+            existing = {str(p.get("name")) for p in answer.results}
+            for name in fields:
+                if name not in existing and name not in self._enumerations(fields):
+                    report(
+                        f"WARNING: mapped {object_type} property {name!r} is not in HubSpot: "
+                        "create it or fix the mapping"
+                    )
         return lines
 
-    def _enumerations(self) -> list[str]:
+    def _enumerations(self, fields: Iterable[str]) -> list[str]:
         """The mapped enumeration properties that setup creates, in the mapping's order."""
         ours = {*self.settings.auto_options, "mimeeq_tags", "mimeeq_status"}
-        return [name for name in self.context.fields if name in ours]
+        return [name for name in fields if name in ours]
 
     def _enumeration(self, name: str) -> dict[str, Any]:
         definition: dict[str, Any] = {

@@ -1,10 +1,13 @@
-"""REST target: contacts into any HTTP JSON API, by configuration alone (httpx, async).
+"""REST target: contacts (and companies) into any HTTP JSON API, by configuration alone (httpx).
 
 * Each operation is a request template: ``upsert``, or ``create`` + ``update``; ``delete``;
   optionally ``lookup`` (find a contact whose remote id the connector does not know) and ``batch``
   (several upserts per call). Placeholders (``{contact_id}``, ``{tenant}``, ``{remote_id}``,
   ``{event}``, ``{event_id}``, ``{fields.NAME}``) are filled by this module, never by
   ``str.format``, and every value placed in a path is percent-encoded as one segment.
+* Companies (with a ``company_mapping``) have requests of their own, the ``companies:`` block:
+  the same operations and rules, with ``{company_id}`` (the Mimeeq company id) in place of
+  ``{contact_id}``. The adapter picks the set by ``Record.object_type``; the machinery is shared.
 * The remote id read from an answer (``id_from_response``, JMESPath) is remembered by the worker
   and comes back as ``Record.remote_id``. ``update`` without a known id follows ``lookup`` then
   ``create``; an ``update`` answered 404/410 creates the contact again.

@@ -27,9 +27,11 @@ from adapters.http import (
 )
 from adapters.rest.settings import (
     BasicAuth,
+    BatchRequest,
     BearerAuth,
     Endpoint,
     HeaderAuth,
+    Operations,
     Request,
     RestSettings,
     UpdateRequest,
@@ -47,7 +49,7 @@ from adapters.rest.templates import (
     log,
     render_body,
 )
-from connector.adapter import Adapter, Record, TargetContext, check_claim
+from connector.adapter import Adapter, ObjectType, Record, TargetContext, check_claim
 from connector.errors import TargetPaused
 from connector.outcomes import Dead, Delivered, Outcome, Retry, Undelivered
 from connector.ratelimit import RateLimiter
@@ -90,6 +92,7 @@ class RestAdapter(Adapter[RestSettings]):
     settings_model = RestSettings
     max_batch_size = 1000  # batch mode's largest max_size; single requests default to 100
     default_concurrency = 4
+    takes_companies = True
 
     # Between tries of one request within a push (tests make it instant).
     call_wait: ClassVar[wait_base] = wait_exponential(multiplier=0.2, max=2) + wait_random(0, 0.2)
@@ -100,13 +103,19 @@ class RestAdapter(Adapter[RestSettings]):
         self._limiter: RateLimiter | None = None
         # Bounds requests in flight across all of this target's pushes (and so the pool).
         self._slots = asyncio.Semaphore(settings.max_connections)
-        fields = {n.removeprefix("fields.") for n in settings.placeholders() if "." in n}
-        if unknown := fields - set(context.fields):
-            log.warning(
-                "placeholders name fields the mapping does not have",
-                target=context.key,
-                fields=sorted(unknown),
-            )
+        for ops, mapped in (
+            (settings, context.fields),
+            (settings.companies, context.company_fields),
+        ):
+            names = ops.placeholders() if ops else set()
+            fields = {n.removeprefix("fields.") for n in names if "." in n}
+            if unknown := fields - set(mapped):
+                log.warning(
+                    "placeholders name fields the mapping does not have",
+                    target=context.key,
+                    fields=sorted(unknown),
+                    companies=ops is settings.companies,
+                )
 
     async def open(self) -> None:
         s = self.settings
@@ -153,26 +162,32 @@ class RestAdapter(Adapter[RestSettings]):
 
     async def push(self, records: Sequence[Record]) -> Sequence[Outcome]:
         results: list[_Result | None] = [None] * len(records)
-        batch = self.settings.batch
-        batched = [i for i, r in enumerate(records) if batch and r.op == "upsert"]
-        singles = set(range(len(records))) - set(batched)
+        # Upserts go in batches where their kind's requests have a `batch`, one kind per batch.
+        batched: dict[ObjectType, tuple[BatchRequest, list[int]]] = {}
+        singles: list[int] = []
+        for i, r in enumerate(records):
+            ops = self.settings.operations(r.object_type)
+            if ops is not None and ops.batch and r.op == "upsert":
+                batched.setdefault(r.object_type, (ops.batch, []))[1].append(i)
+            else:
+                singles.append(i)
 
         async def single(i: int) -> None:
             results[i] = await self._single(records[i])
 
-        async def many(indexes: list[int]) -> None:
-            outcomes = await self._batch([records[i] for i in indexes])
+        async def many(batch: BatchRequest, indexes: list[int]) -> None:
+            outcomes = await self._batch(batch, [records[i] for i in indexes])
             for i, outcome in zip(indexes, outcomes, strict=True):
                 results[i] = outcome
 
-        size = batch.max_size if batch else 1
         # A task group: when one fails (or the push is cancelled), the others are cancelled and
         # waited for, so that no request of this push is still running when it ends.
         async with asyncio.TaskGroup() as group:
-            for i in sorted(singles):
+            for i in singles:
                 group.create_task(single(i))
-            for k in range(0, len(batched), size):
-                group.create_task(many(batched[k : k + size]))
+            for batch, indexes in batched.values():
+                for k in range(0, len(indexes), batch.max_size):
+                    group.create_task(many(batch, indexes[k : k + batch.max_size]))
         done = [r for r in results if r is not None]
         pauses = [r for r in done if isinstance(r, _Pause)]
         if pauses and not any(isinstance(r, Delivered) for r in done):
@@ -181,15 +196,17 @@ class RestAdapter(Adapter[RestSettings]):
         return [Retry(r.reason, count_attempt=False) if isinstance(r, _Pause) else r for r in done]
 
     async def _single(self, record: Record) -> _Result:
+        ops = self.settings.operations(record.object_type)
+        if ops is None:  # config refuses company_mapping without `companies:`
+            return Dead("this target has no `companies:` requests: companies are not sent")
         try:
             if record.op == "delete":
-                return await self._delete(record)
-            return await self._write(record)
+                return await self._delete(ops, record)
+            return await self._write(ops, record)
         except _Failed as exc:
             return exc.outcome
 
-    async def _write(self, record: Record) -> Outcome:
-        s = self.settings
+    async def _write(self, s: Operations, record: Record) -> Outcome:
         if s.upsert is not None:
             answer = await self._call("upsert", s.upsert, record, record.remote_id)
             return self._delivered(s.upsert, answer, record.remote_id)
@@ -197,7 +214,7 @@ class RestAdapter(Adapter[RestSettings]):
         remote_id = record.remote_id
         if remote_id is None and (s.update.needs_remote_id or record.kind == "created"):
             if s.lookup is not None:
-                remote_id = await self._lookup(record)
+                remote_id = await self._lookup(s, record)
             if remote_id is None:
                 created = await self._call("create", s.create, record)
                 return self._delivered(s.create, created, None)
@@ -212,15 +229,14 @@ class RestAdapter(Adapter[RestSettings]):
             return self._delivered(s.create, created, None, note)
         return self._delivered(s.update, answer, remote_id)
 
-    async def _delete(self, record: Record) -> Outcome:
-        s = self.settings
+    async def _delete(self, s: Operations, record: Record) -> Outcome:
         if s.delete is None:
             return Delivered(note="no `delete` configured: left in the target")
         remote_id = record.remote_id
         if remote_id is None and s.delete.needs_remote_id:
             if s.lookup is None:
                 return Delivered(note="no remote id: nothing to delete")
-            remote_id = await self._lookup(record)
+            remote_id = await self._lookup(s, record)
             if remote_id is None:
                 return Delivered(note="not found by lookup: nothing to delete")
         answer = await self._call(
@@ -230,8 +246,8 @@ class RestAdapter(Adapter[RestSettings]):
             return Delivered(remote_id, note=f"already gone (HTTP {answer.status_code})")
         return Delivered(remote_id, note="deleted")
 
-    async def _lookup(self, record: Record) -> str | None:
-        lookup = self.settings.lookup
+    async def _lookup(self, s: Operations, record: Record) -> str | None:
+        lookup = s.lookup
         assert lookup is not None
         try:
             request = self._build(lookup, Values(self.context.tenant, record), None)
@@ -241,7 +257,7 @@ class RestAdapter(Adapter[RestSettings]):
         return None if self._gone(answer) else _remote_id(_search(lookup._id, _json(answer)))
 
     def _gone(self, answer: httpx.Response) -> bool:
-        """404/410 let through by ``gone_ok``: the contact is not in the target."""
+        """404/410 let through by ``gone_ok``: the contact (or company) is not in the target."""
         return (
             answer.status_code in GONE
             and self.settings.status_kind(answer.status_code) != "success"
@@ -276,7 +292,8 @@ class RestAdapter(Adapter[RestSettings]):
             built = self._build(request, values, record.event_id + key_suffix)
         except Missing as exc:
             reason = (
-                f"{name}: the request needs {{{exc.name}}}, which this contact has no value for"
+                f"{name}: the request needs {{{exc.name}}}, "
+                f"which this {record.object_type} has no value for"
             )
             raise _Failed(Dead(reason)) from None
         return await self._send(name, built, gone_ok=gone_ok)
@@ -313,9 +330,7 @@ class RestAdapter(Adapter[RestSettings]):
 
     # --- batch mode ----------------------------------------------------------------------------
 
-    async def _batch(self, records: list[Record]) -> list[_Result]:
-        batch = self.settings.batch
-        assert batch is not None
+    async def _batch(self, batch: BatchRequest, records: list[Record]) -> list[_Result]:
         tenant = self.context.tenant
         items = [
             render_body(batch._item, Values(tenant, r, r.remote_id, self._sent(r, partial=False)))
@@ -342,13 +357,13 @@ class RestAdapter(Adapter[RestSettings]):
         else:
             by_id = {_remote_id(batch.search("match_by", x)): x for x in results}
             matched = [by_id.get(r.contact_id) for r in records]
-        return [self._batch_item(r, result) for r, result in zip(records, matched, strict=True)]
+        return [
+            self._batch_item(batch, r, result) for r, result in zip(records, matched, strict=True)
+        ]
 
-    def _batch_item(self, record: Record, result: Any) -> Outcome:
-        batch = self.settings.batch
-        assert batch is not None
+    def _batch_item(self, batch: BatchRequest, record: Record, result: Any) -> Outcome:
         if result is None:
-            return Retry("batch: the answer has no result for this contact")
+            return Retry(f"batch: the answer has no result for this {record.object_type}")
         status = batch.search("status_from_result", result)
         error = batch.search("error_from_result", result)
         if isinstance(status, int | str) and str(status).isdigit():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,7 @@ from adapters.rest.templates import (
     _search,
     compile_body,
 )
-from connector.adapter import ConfigPath, TargetSettings
+from connector.adapter import ConfigPath, ObjectType, TargetSettings
 from connector.jmespath_compiler import Getter, compile_expression
 
 
@@ -152,24 +152,14 @@ class NoAuth(BaseModel):
     type: Literal["none"] = "none"
 
 
-class RestSettings(TargetSettings):
-    base_url: str = Field(pattern=r"^https?://[^?#]+$")
-    auth: BearerAuth | BasicAuth | HeaderAuth | NoAuth = Field(
-        default=NoAuth(), discriminator="type"
-    )
-    headers: dict[str, SecretStr] = Field(default={}, description="sent with every request")
-    connect_timeout: float = Field(default=5.0, gt=0)
-    read_timeout: float = Field(default=30.0, gt=0)
-    call_timeout: float = Field(default=60.0, gt=0, description="total bound on one request")
-    cleared_fields: Literal["send_null", "leave_out"] = Field(
-        default="send_null", description="how a field emptied in Mimeeq is cleared"
-    )
-    verify: bool = Field(default=True, description="check the server's TLS certificate")
-    ca_bundle: ConfigPath | None = Field(default=None, description="PEM file of trusted CAs")
-    max_connections: int = Field(default=8, ge=1, le=100, description="requests in flight")
-    call_attempts: int = Field(default=3, ge=1, le=10, description="tries within one push")
-    rate_limit: RateLimit | None = None
-    idempotency_header: str | None = Field(default="Idempotency-Key", min_length=1)
+class Operations(BaseModel):
+    """The requests for one kind of Mimeeq object: contacts (the target's top level) or companies
+    (its ``companies:`` block). The adapter picks the set by ``Record.object_type``."""
+
+    model_config = ConfigDict(extra="forbid")
+    # The placeholder of the Mimeeq id in these requests, and the other kind's, refused here.
+    own_id: ClassVar[str] = "contact_id"
+    other_id: ClassVar[str] = "company_id"
 
     upsert: UpsertRequest | None = None
     create: Request | None = None
@@ -178,22 +168,8 @@ class RestSettings(TargetSettings):
     lookup: LookupRequest | None = None
     batch: BatchRequest | None = None
 
-    success: list[StatusCode] = ["2xx"]
-    retry_on: list[StatusCode] = [408, 425, 429, "5xx"]
-    dead_on: list[StatusCode] = ["4xx"]
-    pause_on: list[StatusCode] = [401, 403]
-
-    _status: StatusRules = PrivateAttr()
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _readable(cls, value: ConfigPath | None) -> ConfigPath | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
-
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _consistent_operations(self) -> Self:
         if sum(x is not None for x in (self.batch, self.upsert, self.create)) != 1 or (
             (self.create is None) != (self.update is None)
         ):
@@ -220,6 +196,89 @@ class RestSettings(TargetSettings):
                     f"{name} uses {{remote_id}}, but nothing gives one: set `id_from_response` "
                     "on create (or upsert), or a `lookup`"
                 )
+        for name, names in self._names().items():
+            if self.other_id in names:
+                raise ValueError(self._wrong_id(name))
+        return self
+
+    def _wrong_id(self, name: str) -> str:
+        return (
+            f"{name}: {{{self.other_id}}} is for company requests (`companies:`); a contact's "
+            f"Mimeeq id is {{{self.own_id}}}"
+        )
+
+    def _names(self) -> dict[str, set[str]]:
+        """Each configured request's placeholders."""
+        names: dict[str, set[str]] = {}
+        for name in ("upsert", "create", "update", "delete", "lookup"):
+            request: Request | None = getattr(self, name)
+            if request is not None:
+                names[name] = request.url_names | set(_body_names(request._body))
+        if self.batch:
+            names["batch"] = self.batch.url_names | set(_body_names(self.batch._item))
+        return names
+
+    def placeholders(self) -> set[str]:
+        return set().union(*self._names().values())
+
+
+class CompanyOperations(Operations):
+    """The ``companies:`` block: the same requests, for Mimeeq companies."""
+
+    own_id: ClassVar[str] = "company_id"
+    other_id: ClassVar[str] = "contact_id"
+
+    def _wrong_id(self, name: str) -> str:
+        return (
+            f"{name}: {{{self.other_id}}} is for contact requests; in `companies:` the "
+            f"company's Mimeeq id is {{{self.own_id}}}"
+        )
+
+
+class RestSettings(TargetSettings, Operations):
+    base_url: str = Field(pattern=r"^https?://[^?#]+$")
+    auth: BearerAuth | BasicAuth | HeaderAuth | NoAuth = Field(
+        default=NoAuth(), discriminator="type"
+    )
+    headers: dict[str, SecretStr] = Field(default={}, description="sent with every request")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    call_timeout: float = Field(default=60.0, gt=0, description="total bound on one request")
+    cleared_fields: Literal["send_null", "leave_out"] = Field(
+        default="send_null", description="how a field emptied in Mimeeq is cleared"
+    )
+    verify: bool = Field(default=True, description="check the server's TLS certificate")
+    ca_bundle: ConfigPath | None = Field(default=None, description="PEM file of trusted CAs")
+    max_connections: int = Field(default=8, ge=1, le=100, description="requests in flight")
+    call_attempts: int = Field(default=3, ge=1, le=10, description="tries within one push")
+    rate_limit: RateLimit | None = None
+    idempotency_header: str | None = Field(default="Idempotency-Key", min_length=1)
+
+    # The contacts' requests are the top-level ones (from Operations); the companies' are here.
+    companies: CompanyOperations | None = Field(
+        default=None, description="the requests for companies (with company_mapping)"
+    )
+
+    success: list[StatusCode] = ["2xx"]
+    retry_on: list[StatusCode] = [408, 425, 429, "5xx"]
+    dead_on: list[StatusCode] = ["4xx"]
+    pause_on: list[StatusCode] = [401, 403]
+
+    _status: StatusRules = PrivateAttr()
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable(cls, value: ConfigPath | None) -> ConfigPath | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.company_mapping is not None and self.companies is None:
+            raise ValueError("company_mapping needs a `companies:` block: the company requests")
+        if self.companies is not None and self.company_mapping is None:
+            raise ValueError("`companies:` needs a company_mapping: how companies are mapped")
         if self.ca_bundle and not self.verify:
             raise ValueError("ca_bundle needs verify: true")
         self._status = StatusRules(self.success, self.retry_on, self.dead_on, self.pause_on)
@@ -230,11 +289,6 @@ class RestSettings(TargetSettings):
     def status_kind(self, status: int) -> StatusKind:
         return self._status.kind(status)
 
-    def placeholders(self) -> set[str]:
-        names: set[str] = set()
-        for request in (self.upsert, self.create, self.update, self.delete, self.lookup):
-            if request is not None:
-                names |= request.url_names | set(_body_names(request._body))
-        if self.batch:
-            names |= set(_body_names(self.batch._item))
-        return names
+    def operations(self, object_type: ObjectType) -> Operations | None:
+        """The requests for a record of this kind; None: companies, and no ``companies:``."""
+        return self.companies if object_type == "company" else self

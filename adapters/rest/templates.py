@@ -21,7 +21,8 @@ from connector.logs import get_logger
 log = get_logger("adapters.rest")
 
 RECORD, PAYLOAD = "$record", "$payload"  # body leaves standing for the whole mapped record/payload
-NAMES = ("contact_id", "tenant", "remote_id", "event", "event_id")  # and fields.NAME
+# And fields.NAME. contact_id is for contact requests, company_id for company ones (settings).
+NAMES = ("contact_id", "company_id", "tenant", "remote_id", "event", "event_id")
 GONE = frozenset({404, 410})
 SNIPPET = 1024  # bytes of an answer's body kept in a reason
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -171,6 +172,12 @@ class Values:
             value = self.tenant
         elif name == "remote_id":
             value = self.remote_id
+        elif name in ("contact_id", "company_id"):
+            # The record's Mimeeq id, under its kind's name only: a company has no contact id
+            # (and a contact's company_id is the company it belongs to, not its own id).
+            record = self.record
+            kind = record.object_type if record else None
+            value = record.contact_id if record and name == f"{kind}_id" else None
         else:
             value = getattr(self.record, name, None)
         blank = value is None or value == ""

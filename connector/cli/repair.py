@@ -15,7 +15,7 @@ from typing import Any, Literal, TextIO, TypeVar
 import click
 import orjson
 
-from connector.backfill import IMPORT_EVENT, read_rows
+from connector.backfill import KINDS, Kind, detect_kind, file_headers, read_rows
 from connector.cli.base import (
     config_option,
     fail,
@@ -358,19 +358,33 @@ def _trace_dict(found: Trace) -> dict[str, Any]:
 @main.command("import")
 @config_option
 @click.option("--tenant", required=True)
+@click.option(
+    "--kind",
+    type=click.Choice(sorted(KINDS)),
+    default=None,
+    help="What the file holds (default: told from its headers).",
+)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_option
-def import_command(config_path: Path | None, tenant: str, file: Path, as_json: bool) -> None:
-    """Backfill from a Mimeeq contacts CSV export or a JSON-lines file of contact payloads.
+def import_command(
+    config_path: Path | None, tenant: str, kind: Kind | None, file: Path, as_json: bool
+) -> None:
+    """Backfill from a Mimeeq contacts or companies CSV export, or a JSON-lines file of
+    contact or company payloads.
 
-    The whole file is read and checked first: it is imported whole, or refused (exit 1) with
-    the lines at fault and nothing stored. Every row goes through the normal pipeline;
-    importing the same file twice stores nothing new.
+    Without --kind, the headers tell: first or last name, contacts; a company name and no
+    first or last name, companies. The whole file is read and checked first: it is imported
+    whole, or refused (exit 1) with the lines at fault and nothing stored. Every row goes
+    through the normal pipeline; importing the same file twice stores nothing new.
     """
     config = load(config_path)
     if tenant not in config.tenants:
         raise click.BadParameter(f"no tenant {tenant!r} in {config.path}", param_hint="--tenant")
-    result = asyncio.run(_import(config, tenant, file, show_progress=not as_json))
+    if kind is not None:  # given: refused before the file is even opened
+        _check_targets(config, tenant, kind)
+    kind = _kind_of(config, tenant, file, kind)
+    _check_targets(config, tenant, kind)
+    result = asyncio.run(_import(config, tenant, file, kind, show_progress=not as_json))
     if as_json:
         print_json(asdict(result) | {"problems": [
             {"line": n, "problem": p} for n, p in result.problems]})  # fmt: skip
@@ -384,6 +398,49 @@ def import_command(config_path: Path | None, tenant: str, file: Path, as_json: b
         click.echo(f"{file}: {result.summary()}")
     if result.status != "imported":
         raise SystemExit(1)
+
+
+def _check_targets(config: Config, slug: str, kind: Kind) -> None:
+    # Companies go only to targets with a company_mapping: with none, the rows would be stored
+    # for nobody (as the receiver ignores a company webhook then). Refused before any row is read.
+    if kind == "companies" and not config.tenants[slug].targets_for("company"):
+        fail(
+            f"no target of tenant {slug!r} takes companies: give one a company_mapping "
+            "(and enable it) before importing companies"
+        )
+
+
+def _kind_of(config: Config, slug: str, file: Path, given: Kind | None) -> Kind:
+    """The kind of records ``file`` holds: ``given`` unless its headers clearly say otherwise,
+    else told from them (on stderr)."""
+    settings = config.tenants[slug].import_settings
+    headers = file_headers(file, settings, max_line_bytes=config.server.max_body_bytes)
+    if headers is None:  # unreadable: reading it names the problem (and nothing is stored)
+        return given or "contacts"
+    detected = detect_kind(headers, settings)
+    if given is not None:
+        if detected is not None and detected != given:
+            raise click.UsageError(
+                f"--kind {given}, but {file.name} looks like a {detected} export "
+                f"({_evidence(detected)}); give --kind {detected}, or fix the headers"
+            )
+        return given
+    if detected is None:
+        shown = ", ".join(headers[:8]) + (", …" if len(headers) > 8 else "")
+        raise click.UsageError(
+            f"cannot tell whether {file.name} holds contacts or companies (headers: {shown}): "
+            "neither a first/last name nor a company name column; give --kind contacts or "
+            "--kind companies"
+        )
+    click.echo(f"{file.name}: {detected} ({_evidence(detected)}; --kind to say otherwise)",
+               err=True)  # fmt: skip
+    return detected
+
+
+def _evidence(kind: Kind) -> str:
+    if kind == "companies":
+        return "a company name column and no first/last name"
+    return "a first/last name column"
 
 
 SHOWN_PROBLEMS = 20  # lines at fault named one by one; the others are counted
@@ -423,9 +480,12 @@ class Imported:
         return f"imported {self.rows} rows: {stored} (deleted earlier)"
 
 
-async def _import(config: Config, slug: str, file: Path, *, show_progress: bool) -> Imported:
+async def _import(
+    config: Config, slug: str, file: Path, kind: Kind, *, show_progress: bool
+) -> Imported:
     tenant = config.tenants[slug]
-    targets = tenant.enabled_targets
+    spec = KINDS[kind]
+    targets = tenant.targets_for(spec.object_type)
     result = Imported()
     events: list[NewEvent] = []
     progress: TextIO = sys.stderr if show_progress else io.StringIO()  # stdout: the summary
@@ -433,7 +493,7 @@ async def _import(config: Config, slug: str, file: Path, *, show_progress: bool)
     try:
         with file.open("rb") as f:  # in chunks: a file without line breaks is one huge line
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) + 1
-        rows = read_rows(file, tenant.customer_id, tenant.import_settings,
+        rows = read_rows(file, tenant.customer_id, tenant.import_settings, kind=kind,
                          max_line_bytes=config.server.max_body_bytes)  # fmt: skip
         with click.progressbar(length=lines, label="checking", file=progress, show_pos=True) as bar:
             done = 0
@@ -450,7 +510,7 @@ async def _import(config: Config, slug: str, file: Path, *, show_progress: bool)
                 result.rows += 1
                 if not result.unusable:  # once refused, the events are not needed
                     body = orjson.dumps(row.payload)
-                    events.append(NewEvent(slug, IMPORT_EVENT, row.payload["id"], "upsert", body,
+                    events.append(NewEvent(slug, spec.event, row.payload["id"], "upsert", body,
                                            targets))  # fmt: skip
             bar.update(max(lines - done, 0))
     except OSError as exc:  # the file vanished, or cannot be read: nothing stored

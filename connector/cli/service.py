@@ -13,7 +13,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
-from connector.adapter import TargetContext
+from connector.adapter import object_type_of
 from connector.cli.base import (
     config_option,
     find_target,
@@ -28,7 +28,7 @@ from connector.config import Config, Target, default_config_path, load_config
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.keys import split_key
 from connector.logs import configure_logging, get_logger
-from connector.payloads import CONTACT_EVENTS, PAYLOAD_SCHEMAS
+from connector.payloads import EVENTS, PAYLOAD_SCHEMAS
 from connector.receiver import describe
 from connector.runtime import server_runner
 from connector.store.base import TargetStatus
@@ -84,7 +84,7 @@ def check(config_path: Path | None) -> None:
 @click.option("--target", "target_name", required=True)
 @click.option(
     "--event",
-    type=click.Choice(sorted(CONTACT_EVENTS)),
+    type=click.Choice(sorted(EVENTS)),
     default="contact-updated",
     show_default=True,
 )
@@ -92,8 +92,12 @@ def check(config_path: Path | None) -> None:
 def map_command(
     config_path: Path | None, tenant: str, target_name: str, event: str, payload_file: Any
 ) -> None:
-    """Print the mapped record of a payload (a dry run: nothing is sent)."""
+    """Print the mapped record of a payload (a dry run: nothing is sent). A company event
+    (``--event company-updated``) is mapped with the target's company mapping."""
     target = find_target(load(config_path), tenant, target_name)
+    mapping = target.mapping_for(object_type_of(event))
+    if mapping is None:
+        raise click.ClickException(f"{target.key} takes no companies: it has no company_mapping")
     try:
         payload = orjson.loads(payload_file.read())
         PAYLOAD_SCHEMAS[event].validate_python(payload)
@@ -102,9 +106,9 @@ def map_command(
     except ValidationError as exc:
         raise click.ClickException(f"invalid {event} payload: {describe(exc)[1]}") from None
     try:
-        print_json(target.mapping.apply(payload))
+        print_json(mapping.apply(payload))
     except RecordMappingError as exc:
-        raise click.ClickException(f"{target.mapping.source}: {exc}") from None
+        raise click.ClickException(f"{mapping.source}: {exc}") from None
 
 
 @main.command()
@@ -200,9 +204,7 @@ async def _hubspot_setup(target: Target, say: Callable[[str], None]) -> None:
 
     settings = target.settings
     assert isinstance(settings, HubSpotSettings)  # the caller checked the target's type
-    adapter = HubSpotAdapter(
-        settings, TargetContext(target.tenant, target.name, target.mapping.fields)
-    )
+    adapter = HubSpotAdapter(settings, target.context())
     try:
         await adapter.setup(say)
     finally:

@@ -306,6 +306,23 @@ class QueueStore(ABC):
     async def recover(self) -> int:
         """Release leases a crashed process left behind; return how many."""
 
+    @abstractmethod
+    async def relink(
+        self,
+        target: str,
+        companies: Sequence[str] | None,
+        contacts: Sequence[str] = (),
+        deleted: Sequence[str] = (),
+    ) -> int:
+        """Queue a full write of the contacts of ``target`` whose link waits for a company that
+        has reached the target since; return how many were queued.
+
+        Asked after each push by the side that completed second, so a link is never lost to a
+        race: ``companies`` were just written (None: look at every waiting contact, as at start),
+        ``contacts`` were just recorded as waiting. The contacts of ``deleted`` companies wait
+        again (the target dropped the association with the company).
+        """
+
 
 class OperatorStore(ABC):
     """The operator side: status, pauses, dead letters, replay, resync, trace, retention."""

@@ -20,6 +20,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from connector.store import logic
+from connector.store import queries as q
 from connector.store.base import (
     DeadLetter,
     DeadLetterPick,
@@ -59,6 +60,13 @@ from connector.store.postgres_sql import (
     rowcount,
 )
 from connector.store.queries import numbered
+
+Q_UNLINK = (
+    "UPDATE sync_state SET company_remote_id = NULL WHERE target = $1 AND company_id = ANY($2)"
+)
+Q_WAITING = numbered(q.WAITING)
+Q_WAITING_FOR = f"{Q_WAITING} AND s.company_id = ANY($2::TEXT[])"
+Q_WAITING_AMONG = f"{Q_WAITING} AND s.contact_id = ANY($2::TEXT[])"
 
 
 class PostgresOperations(OperatorStore):
@@ -157,9 +165,12 @@ class PostgresOperations(OperatorStore):
         return report
 
     async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:
-        tenant = logic.tenant_of(target)
         if contact_ids is None:
             contact_ids = [row[0] for row in await self.pool.fetch(Q_SYNCED, target)]
+        return await self._requeue_latest(target, contact_ids, full=True)
+
+    async def _requeue_latest(self, target: str, contact_ids: Sequence[str], full: bool) -> int:
+        tenant = logic.tenant_of(target)
         queued = 0
         for some in chunks(sorted(set(contact_ids)), self.replay_slice):
             now = time.time()
@@ -168,9 +179,28 @@ class PostgresOperations(OperatorStore):
                 await conn.execute(Q_LOCK_CONTACTS, lock_keys(tenant, some))
                 for contact_id, seq, op in await conn.fetch(Q_LATEST_STATE, tenant, some):
                     if op == "upsert":  # a deleted contact stays deleted
-                        await requeue(conn, target, contact_id, seq, now)
+                        await requeue(conn, target, contact_id, seq, now, full)
                         queued += 1
         return queued
+
+    async def relink(
+        self,
+        target: str,
+        companies: Sequence[str] | None,
+        contacts: Sequence[str] = (),
+        deleted: Sequence[str] = (),
+    ) -> int:
+        if deleted:
+            await self.pool.execute(Q_UNLINK, target, list(deleted))
+        waiting: set[str] = set()
+        if companies is None:
+            waiting.update(row[0] for row in await self.pool.fetch(Q_WAITING, target))
+        for query, ids in ((Q_WAITING_FOR, companies or ()), (Q_WAITING_AMONG, contacts)):
+            if ids:
+                waiting.update(row[0] for row in await self.pool.fetch(query, target, list(ids)))
+        # Queued as they are, not as full re-writes: only the link is missing. Each under its
+        # lock; one linked meanwhile is only written again.
+        return await self._requeue_latest(target, sorted(waiting), full=False) if waiting else 0
 
     async def purge(self, pick: DeadLetterPick) -> int:
         where, params = pick.where()

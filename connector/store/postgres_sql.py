@@ -140,12 +140,12 @@ Q_LATEST_STATE = """
     SELECT e.contact_id, e.seq, e.op FROM events e
     WHERE e.seq IN (SELECT MAX(seq) FROM events WHERE tenant = $1 AND dropped IS NULL
                     AND contact_id = ANY($2::TEXT[]) GROUP BY contact_id)"""
-# Queued again as a full re-write; a contact already queued is only marked for one. The event is
+# Queued again (a full re-write if $6); a contact already queued is left as it is. The event is
 # locked (KEY SHARE) so that a retention pass cannot delete it under the new row.
 Q_REQUEUE = """
     WITH state AS (SELECT op, seq FROM events WHERE seq = $5 FOR KEY SHARE)
     INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at, full_write)
-    SELECT $1, $2, op, seq, $3, 1, $4, TRUE FROM state
+    SELECT $1, $2, op, seq, $3, 1, $4, $6 FROM state
     ON CONFLICT (target, contact_id) DO NOTHING"""
 Q_MARK_FULL = "UPDATE queue SET full_write = TRUE WHERE target = $1 AND contact_id = $2"
 Q_SYNCED = "SELECT contact_id FROM sync_state WHERE target = $1"
@@ -191,13 +191,19 @@ def chunks(items: list[Any], size: int = 500) -> list[list[Any]]:
 
 
 async def requeue(
-    conn: PoolConnectionProxy[asyncpg.Record], target: str, contact_id: str, seq: int, now: float
+    conn: PoolConnectionProxy[asyncpg.Record],
+    target: str,
+    contact_id: str,
+    seq: int,
+    now: float,
+    full: bool = True,
 ) -> bool:
-    """Queue a full re-write of a contact's state ``seq``; False if it was queued already (then
-    the queued write becomes a full one)."""
-    if rowcount(await conn.execute(Q_REQUEUE, target, contact_id, now, now, seq)):
+    """Queue a (full) write of a contact's state ``seq``; False if it was queued already (then
+    the queued write becomes a full one if ``full``)."""
+    if rowcount(await conn.execute(Q_REQUEUE, target, contact_id, now, now, seq, full)):
         return True
-    await conn.execute(Q_MARK_FULL, target, contact_id)
+    if full:
+        await conn.execute(Q_MARK_FULL, target, contact_id)
     return False
 
 

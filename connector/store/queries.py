@@ -79,3 +79,12 @@ def numbered(sql: str) -> str:
     string literal)."""
     counter = itertools.count(1)
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+# Contacts waiting for their company to reach the target (it has, if it has a remote id there),
+# optionally narrowed by "AND s.company_id IN (…)" or "AND s.contact_id IN (…)".
+WAITING = """
+    SELECT s.contact_id FROM sync_state s
+    JOIN sync_state c ON c.target = s.target AND c.contact_id = s.company_id
+    WHERE s.target = ? AND s.company_id IS NOT NULL AND s.company_remote_id IS NULL
+        AND c.remote_id IS NOT NULL"""

@@ -167,6 +167,15 @@ def mirror(d: Dialect) -> str:
     """
 
 
+# Migration 3 (SQLite), 4 (PostgreSQL): companies are synced too, each as an object of its own
+# (its COMP-… id in the contact_id columns, which hold any Mimeeq object's id). A contact whose
+# company had not reached the target yet waits for it: found again when the company arrives.
+COMPANIES = """
+    CREATE INDEX sync_state_waiting ON sync_state (target, company_id)
+        WHERE company_remote_id IS NULL AND company_id IS NOT NULL;
+    """
+
+
 # --- PostgreSQL only ---------------------------------------------------------------------------
 
 # How connector_append finds a redelivery: migration 1 looks for any event with the same digest in
@@ -344,7 +353,7 @@ def _claim_function(shape: _ClaimShape) -> str:
 
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
-SQLITE_MIGRATIONS: list[str] = [tables(SQLITE), mirror(SQLITE)]
+SQLITE_MIGRATIONS: list[str] = [tables(SQLITE), mirror(SQLITE), COMPANIES]
 
 # Each entry migrates the schema from version i to i + 1 (a row in schema_migrations).
 POSTGRES_MIGRATIONS: list[str] = [
@@ -381,4 +390,5 @@ POSTGRES_MIGRATIONS: list[str] = [
     DROP FUNCTION connector_claim(TEXT, BIGINT, DOUBLE PRECISION, DOUBLE PRECISION, INTEGER);
     """
     + _claim_function(_CLAIM_SYNC_STATE),
+    COMPANIES,
 ]

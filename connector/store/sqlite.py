@@ -359,6 +359,15 @@ class SQLiteStore(Store):
     async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:
         return await self._call(ops.resync, target, contact_ids, time.time())
 
+    async def relink(
+        self,
+        target: str,
+        companies: Sequence[str] | None,
+        contacts: Sequence[str] = (),
+        deleted: Sequence[str] = (),
+    ) -> int:
+        return await self._call(ops.relink, target, companies, contacts, deleted, time.time())
+
     async def queued(self, target: str, contact_ids: Sequence[str]) -> set[str]:
         return await self._call(ops.queued, target, list(contact_ids))
 

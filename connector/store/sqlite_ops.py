@@ -331,7 +331,7 @@ Q_LATEST_STATE = """
 # Queued again as a full re-write; a contact already queued is only marked for one.
 Q_REQUEUE = """
     INSERT INTO queue (target, contact_id, op, last_seq, head_at, events, due_at, full_write)
-    SELECT ?, ?, op, seq, ?, 1, ?, 1 FROM events WHERE seq = ?
+    SELECT ?, ?, op, seq, ?, 1, ?, ? FROM events WHERE seq = ?
     ON CONFLICT (target, contact_id) DO NOTHING"""
 Q_MARK_FULL = "UPDATE queue SET full_write = 1 WHERE target = ? AND contact_id = ?"
 # An event retention may delete: old, and not needed (see queries.NOT_NEEDED).
@@ -415,17 +415,24 @@ def _latest(
     return found
 
 
-def _requeue(conn: sqlite3.Connection, target: str, contact_id: str, seq: int, now: float) -> bool:
-    """Queue a full re-write of a contact's state ``seq``; False if it was queued already (then
-    the queued write becomes a full one)."""
-    if conn.execute(Q_REQUEUE, (target, contact_id, now, now, seq)).rowcount:
+def _requeue(
+    conn: sqlite3.Connection, target: str, contact_id: str, seq: int, now: float, full: bool = True
+) -> bool:
+    """Queue a (full) write of a contact's state ``seq``; False if it was queued already (then
+    the queued write becomes a full one if ``full``)."""
+    if conn.execute(Q_REQUEUE, (target, contact_id, now, now, full, seq)).rowcount:
         return True
-    conn.execute(Q_MARK_FULL, (target, contact_id))
+    if full:
+        conn.execute(Q_MARK_FULL, (target, contact_id))
     return False
 
 
 def resync(
-    conn: sqlite3.Connection, target: str, contact_ids: Sequence[str] | None, now: float
+    conn: sqlite3.Connection,
+    target: str,
+    contact_ids: Sequence[str] | None,
+    now: float,
+    full: bool = True,
 ) -> int:
     if contact_ids is None:
         sql = "SELECT contact_id FROM sync_state WHERE target = ?"
@@ -433,8 +440,34 @@ def resync(
     latest = _latest(conn, logic.tenant_of(target), set(contact_ids))
     for contact_id, (seq, op) in latest.items():
         if op == "upsert":  # a deleted contact stays deleted
-            _requeue(conn, target, contact_id, seq, now)
+            _requeue(conn, target, contact_id, seq, now, full)
     return sum(1 for _, op in latest.values() if op == "upsert")
+
+
+def relink(
+    conn: sqlite3.Connection,
+    target: str,
+    companies: Sequence[str] | None,
+    contacts: Sequence[str],
+    deleted: Sequence[str],
+    now: float,
+) -> int:
+    for chunk in _chunks(list(deleted)):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(
+            "UPDATE sync_state SET company_remote_id = NULL "
+            f"WHERE target = ? AND company_id IN ({marks})",
+            [target, *chunk],
+        )
+    waiting: set[str] = set()
+    if companies is None:
+        waiting.update(row[0] for row in conn.execute(q.WAITING, (target,)))
+    for column, ids in (("s.company_id", companies or ()), ("s.contact_id", contacts)):
+        for chunk in _chunks(list(ids)):
+            sql = f"{q.WAITING} AND {column} IN ({','.join('?' * len(chunk))})"
+            waiting.update(row[0] for row in conn.execute(sql, [target, *chunk]))
+    # Queued as they are, not as full re-writes: only the link is missing.
+    return resync(conn, target, sorted(waiting), now, full=False) if waiting else 0
 
 
 def purge(conn: sqlite3.Connection, pick: DeadLetterPick) -> int:
@@ -468,5 +501,5 @@ def prune_slice(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[in
 
 # Operations that scan whole tables: run in a thread, so the event loop keeps serving meanwhile.
 HEAVY: frozenset[Callable[..., Any]] = frozenset(
-    {status, dead_letters, replay, resync, purge, trace, prune_slice}
+    {status, dead_letters, replay, resync, relink, purge, trace, prune_slice}
 )

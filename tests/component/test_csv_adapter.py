@@ -6,6 +6,7 @@ import asyncio
 import csv
 import errno
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,8 +17,11 @@ import pytest
 
 from adapters.csvfile import CsvAdapter, CsvSettings
 from connector.adapter import Record, TargetContext, adapter_class
+from connector.config import load_config
 from connector.errors import ConfigError
-from connector.outcomes import Dead, Delivered, Undelivered
+from connector.mapping import load_mapping
+from connector.outcomes import Dead, Delivered, Retry, Undelivered
+from testkit.payloads import ROOT, company, contact, write_config
 
 FIELDS = ("email", "firstname", "tags")
 
@@ -27,10 +31,15 @@ def settings(tmp_path: Path, **extra: Any) -> CsvSettings:
     return CsvSettings.model_validate(raw, context={"base_dir": tmp_path})
 
 
-def make(tmp_path: Path, fields: tuple[str, ...] = FIELDS, **extra: Any) -> CsvAdapter:
+def make(
+    tmp_path: Path,
+    fields: tuple[str, ...] = FIELDS,
+    company_fields: tuple[str, ...] = (),
+    **extra: Any,
+) -> CsvAdapter:
     adapter = CsvAdapter(
         settings(tmp_path, **extra),
-        TargetContext(tenant="demo", name="sheet", fields=fields),
+        TargetContext(tenant="demo", name="sheet", fields=fields, company_fields=company_fields),
     )
     adapter.write_retry_wait = 0  # keep failure tests fast
     return adapter
@@ -463,10 +472,10 @@ async def test_pushes_during_a_write_share_the_next_one(
     entered = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def slow(rows: list[list[str]]) -> None:
+    def slow(*args: Any) -> None:
         loop.call_soon_threadsafe(entered.set)
         time.sleep(0.2)
-        real(rows)
+        real(*args)
 
     monkeypatch.setattr(adapter, "_write_once", slow)
     first = asyncio.create_task(adapter.push([up("c0")]))
@@ -530,3 +539,207 @@ async def test_100k_contacts_then_a_burst_costs_a_few_rewrites(tmp_path: Path) -
     assert rows[1][:2] == ["c000000", "last@x.io"]
     assert rows[10_001][:2] == ["c010000", "new1000@x.io"]  # updated, still in place
     assert rows[-1] == ["c099999", "someone@example.com", "Name", "a; b"]
+
+
+# -- companies ----------------------------------------------------------------------------------
+
+COMPANY_FIELDS = ("name", "phone", "tags")
+WITH_COMPANIES = {"company_mapping": "mappings/c.yaml", "companies_path": "out/companies.csv"}
+
+
+def company_up(company_id: str, event: str = "company-updated", **fields: Any) -> Record:
+    return Record(
+        contact_id=company_id,
+        op="upsert",
+        event=event,
+        event_id="e3",
+        fields=fields,
+        payload={},
+        remote_id=None,
+        attempt=1,
+        object_type="company",
+    )
+
+
+def company_delete(company_id: str) -> Record:
+    return Record(
+        contact_id=company_id,
+        op="delete",
+        event="company-deleted",
+        event_id="e4",
+        fields={},
+        payload={},
+        remote_id=None,
+        attempt=1,
+        object_type="company",
+    )
+
+
+def with_companies(tmp_path: Path, **extra: Any) -> CsvAdapter:
+    return make(tmp_path, company_fields=COMPANY_FIELDS, **WITH_COMPANIES, **extra)
+
+
+def test_company_settings(tmp_path: Path) -> None:
+    assert CsvAdapter.takes_companies
+    s = settings(tmp_path, **WITH_COMPANIES)
+    assert s.companies_path == tmp_path / "out" / "companies.csv"
+    assert s.company_key_column == "mimeeq_company_id"
+    assert settings(tmp_path).companies_path is None  # contacts only, as before
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"company_mapping": "m.yaml"}, "company_mapping needs `companies_path`"),
+        ({"companies_path": "c.csv"}, "companies_path needs `company_mapping`"),
+        (
+            {"company_mapping": "m.yaml", "companies_path": "out/contacts.csv"},
+            "companies_path must be another file than path",
+        ),
+        ({**WITH_COMPANIES, "company_key_column": ""}, "at least 1 character"),
+    ],
+)
+def test_company_settings_errors(tmp_path: Path, extra: dict[str, Any], problem: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=re.escape(problem)):
+        settings(tmp_path, **extra)
+
+
+def test_config_check_names_the_missing_companies_path(tmp_path: Path) -> None:
+    target = {
+        "type": "csv",
+        "mapping": str(ROOT / "mappings/csv-contacts.yaml"),
+        "company_mapping": str(ROOT / "mappings/csv-companies.yaml"),
+        "path": "contacts.csv",
+    }
+    with pytest.raises(ConfigError, match="company_mapping needs `companies_path`") as error:
+        load_config(write_config(tmp_path, {"sheet": target}))
+    assert "tenants.demo.targets.sheet" in str(error.value)
+    (loaded,) = load_config(
+        write_config(tmp_path, {"sheet": {**target, "companies_path": "companies.csv"}})
+    ).targets
+    assert loaded.company_mapping is not None
+    assert loaded.adapter is CsvAdapter
+
+
+async def test_a_mixed_batch_lands_in_two_files_with_their_mappings(tmp_path: Path) -> None:
+    contacts = load_mapping("mappings/csv-contacts.yaml", ROOT)
+    companies = load_mapping("mappings/csv-companies.yaml", ROOT)
+    a = make(tmp_path, contacts.fields, companies.fields, **WITH_COMPANIES)
+    await a.open()
+    person, firm = contact(1), company(1, socials=[{"type": "website", "address": "https://x.io"}])
+    records = [
+        up(person["id"], **contacts.apply(person)),
+        company_up(firm["id"], "company-created", **companies.apply(firm)),
+        up("c2", first_name="Bo"),
+    ]
+    assert await a.push(records) == [Delivered()] * 3
+    await a.close()
+
+    header, *rows = read(a.settings.path)
+    assert header == ["mimeeq_contact_id", *contacts.fields]
+    assert [r[0] for r in rows] == [person["id"], "c2"]
+    assert rows[0][header.index("first_name")] == "First1"
+    assert read(tmp_path / "out" / "companies.csv") == [
+        [
+            "mimeeq_company_id",
+            "name",
+            "phone",
+            "email",
+            "street",
+            "city",
+            "postcode",
+            "country",
+            "website",
+            "status",
+            "tags",
+            "currency",
+            "payment_terms",
+        ],
+        [
+            firm["id"],
+            "Company 1",
+            "123-456-7890",
+            "office@example.com",
+            "123 Example Street",
+            "Example City",
+            "12345",
+            "Example Country",
+            "https://x.io",
+            "ACTIVE",
+            "dealer; eu",
+            "USD",
+            "30 days",
+        ],
+    ]
+    assert a.writes == 2  # one rewrite of each file for the push
+
+
+async def test_company_update_delete_escaping_and_reload(tmp_path: Path) -> None:
+    a = with_companies(tmp_path)
+    companies = tmp_path / "out" / "companies.csv"
+    await a.open()
+    await a.push(
+        [company_up("COMP-1", name="Acme", phone="+44 20"), company_up("COMP-2", name="Bolt")]
+    )
+    # An update keeps the row's place; the same id as a contact is another row, in another file.
+    await a.push([company_up("COMP-1", name="=Acme()", tags=["a", "b"]), up("COMP-1")])
+    assert read(companies) == [
+        ["mimeeq_company_id", "name", "phone", "tags"],
+        ["COMP-1", "'=Acme()", "", "a; b"],
+        ["COMP-2", "Bolt", "", ""],
+    ]
+    assert [r[0] for r in read(a.settings.path)[1:]] == ["COMP-1"]
+
+    assert await a.push([company_delete("COMP-2"), company_delete("COMP-9")]) == [
+        Delivered(),
+        Delivered(note="not in file"),
+    ]
+    assert [r[0] for r in read(companies)[1:]] == ["COMP-1"]
+    assert [r[0] for r in read(a.settings.path)[1:]] == ["COMP-1"]  # the contact stays
+    assert await a.push([company_up("")]) == [Dead("empty company id")]
+    await a.close()
+
+    b = with_companies(tmp_path, company_key_column="mimeeq_company_id")
+    await b.open()  # reloads both files
+    await b.push([company_up("COMP-3", name="Cog")])
+    await b.close()
+    assert [r[:2] for r in read(companies)[1:]] == [["COMP-1", "'=Acme()"], ["COMP-3", "Cog"]]
+    assert leftovers(companies) == []
+
+
+async def test_a_push_of_contacts_leaves_the_companies_file_alone(tmp_path: Path) -> None:
+    a = with_companies(tmp_path)
+    await a.open()
+    await a.push([up("c1")])
+    assert a.writes == 1
+    assert not (tmp_path / "out" / "companies.csv").exists()
+    await a.push([company_up("COMP-1")])
+    assert a.writes == 2
+    await a.close()
+
+
+async def test_a_failed_companies_file_delays_only_the_companies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = with_companies(tmp_path)
+    await a.open()
+    real = a._write_once
+    broken = [True]
+
+    def flaky(sheet: Any, rows: list[list[str]]) -> None:
+        if broken[0] and sheet.path.name == "companies.csv":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(sheet, rows)
+
+    monkeypatch.setattr(a, "_write_once", flaky)
+    outcomes = await a.push([up("c1"), company_up("COMP-1", name="Acme")])
+    assert outcomes[0] == Delivered()
+    assert isinstance(outcomes[1], Retry) and "No space left on device" in outcomes[1].reason
+    assert [r[0] for r in read(a.settings.path)[1:]] == ["c1"]
+    with pytest.raises(Undelivered, match=r"companies\.csv"):  # companies alone: the whole push
+        await a.push([company_up("COMP-2")])
+
+    broken[0] = False  # the next rewrite includes every company held in memory
+    assert await a.push([up("c2")]) == [Delivered()]
+    await a.close()
+    assert [r[0] for r in read(tmp_path / "out" / "companies.csv")[1:]] == ["COMP-1", "COMP-2"]

@@ -23,7 +23,7 @@ from connector.errors import TargetPaused
 from connector.mapping import FieldMapping, load_mapping
 from connector.outcomes import CompanyLink, Dead, Delivered, Retry
 from fake_hubspot import FakeHubSpot
-from testkit.payloads import CUSTOMER, ROOT, contact
+from testkit.payloads import CUSTOMER, ROOT, company, company_id, contact
 
 TOKEN = "hs-test-token"
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"
@@ -478,7 +478,8 @@ async def test_a_failed_removal_retries_the_record(
     adapter = await make_adapter(associate_company=True)
     first = record(adapter, 1, companyId="COMP-1")
     (outcome,) = await adapter.push([first])
-    fake.fail_next = [None, None, 400]  # upsert, company look-up, then the removal is refused
+    # Only the company changed: no upsert; the look-up passes, then the removal is refused.
+    fake.fail_next = [None, 400]
     (retry,) = await adapter.push([record(adapter, 1, after=confirmed(first, outcome),
                                           companyId="COMP-2")])  # fmt: skip
     assert isinstance(retry, Retry) and "removing the old company association" in retry.reason
@@ -517,6 +518,133 @@ async def test_contacts_of_one_batch_share_the_company_calls(
     paths = [c.path for c in fake.calls]
     assert paths.count("/crm/v3/objects/companies/batch/read") == 1
     assert paths.count(ASSOCIATE) == 1
+
+
+# --- companies --------------------------------------------------------------------------------
+
+COMPANY_MAPPING = "mappings/hubspot-companies.yaml"
+
+
+@pytest.fixture
+def company_properties(fake: FakeHubSpot) -> None:
+    """What `hubspot setup` creates on companies for a target with a company mapping."""
+    fake.groups["companies"].add("mimeeq")
+    fake.add_property("mimeeq_company_id", object_type="companies", unique=True, group="mimeeq")
+    for name, field_type in (("mimeeq_tags", "checkbox"), ("mimeeq_status", "select")):
+        fake.add_property(
+            name, object_type="companies", type="enumeration", field_type=field_type,
+            group="mimeeq", options=[("ACTIVE", "Active")] if name == "mimeeq_status" else [],
+        )  # fmt: skip
+
+
+def company_record(
+    n: int, op: str = "upsert", remote_id: str | None = None, **changes: Any
+) -> Record:
+    payload = company(n, **changes)
+    return Record(
+        contact_id=payload["id"],
+        op=op,  # type: ignore[arg-type]
+        event="company-deleted" if op == "delete" else "company-updated",
+        event_id=f"company-event-{n}",
+        fields=load_mapping(COMPANY_MAPPING, ROOT).apply(payload),
+        payload=payload,
+        remote_id=remote_id,
+        attempt=1,
+        object_type="company",
+    )
+
+
+def company_in_hubspot(fake: FakeHubSpot, n: int) -> tuple[str, dict[str, str]]:
+    found = [
+        (oid, props)
+        for oid, props in fake.companies.items()
+        if props.get("mimeeq_company_id") == company_id(n)
+    ]
+    assert len(found) == 1, f"company {n}: {len(found)} in HubSpot"
+    return found[0]
+
+
+@pytest.mark.usefixtures("company_properties")
+async def test_companies_are_upserted_by_their_mimeeq_id(fake: FakeHubSpot, make_adapter) -> None:
+    adapter = await make_adapter(associate_company=True)
+    outcomes = await adapter.push([company_record(1), company_record(2, tags=["dealer", "new"])])
+    assert all(isinstance(o, Delivered) and o.remote_id for o in outcomes)
+    hs_id, props = company_in_hubspot(fake, 1)
+    assert outcomes[0] == Delivered(hs_id)
+    assert props["name"] == "Company 1" and props["zip"] == "12345"
+    assert props["address"] == "123 Example Street" and props["phone"] == "123-456-7890"
+    assert props["mimeeq_status"] == "ACTIVE"
+    assert company_in_hubspot(fake, 2)[1]["mimeeq_tags"] == "dealer;new"  # options added
+    # An update of the same company updates it: still one company per Mimeeq id.
+    (outcome,) = await adapter.push([company_record(1, companyName="Renamed", status="INACTIVE")])
+    assert outcome == Delivered(hs_id)
+    assert company_in_hubspot(fake, 1)[1]["name"] == "Renamed"
+    assert company_in_hubspot(fake, 1)[1]["mimeeq_status"] == "INACTIVE"
+    assert len(fake.companies) == 2
+
+
+@pytest.mark.usefixtures("company_properties")
+@pytest.mark.parametrize("on_delete", ["archive", "gdpr_delete"])
+async def test_a_deleted_company_is_archived(
+    fake: FakeHubSpot, make_adapter, on_delete: str
+) -> None:
+    adapter = await make_adapter(on_delete=on_delete)
+    await adapter.push([company_record(1)])
+    hs_id, _ = company_in_hubspot(fake, 1)
+    # Found by its Mimeeq id when its HubSpot id is not remembered.
+    (outcome,) = await adapter.push([company_record(1, "delete")])
+    assert outcome == Delivered(hs_id, "archived")
+    assert hs_id not in fake.companies and hs_id in fake.archived_companies
+    (again,) = await adapter.push([company_record(1, "delete")])
+    assert again == Delivered(note="not in HubSpot: nothing to delete")
+
+
+@pytest.mark.usefixtures("company_properties")
+async def test_a_company_and_its_contacts_in_one_batch_are_linked_at_once(
+    fake: FakeHubSpot, make_adapter
+) -> None:
+    adapter = await make_adapter(associate_company=True)
+    contacts = [record(adapter, n, companyId=company_id(7)) for n in range(3)]
+    # The contacts come first in the batch: the company is written before them all the same.
+    outcomes = await adapter.push([*contacts, company_record(7)])
+    hs_company, _ = company_in_hubspot(fake, 7)
+    assert outcomes[3] == Delivered(hs_company)
+    for n, outcome in enumerate(outcomes[:3]):
+        assert isinstance(outcome, Delivered)
+        assert outcome.company == CompanyLink(company_id(7), hs_company)
+        assert (in_hubspot(fake, n)["hs_object_id"], hs_company) in fake.associations
+    assert [c.path for c in fake.calls].count("/crm/v3/objects/companies/batch/read") == 0
+
+
+@pytest.mark.usefixtures("company_properties")
+async def test_a_contact_waiting_for_its_company_is_linked_when_written_again(
+    fake: FakeHubSpot, make_adapter
+) -> None:
+    adapter = await make_adapter(associate_company=True)
+    first = record(adapter, 1, companyId=company_id(8))
+    (waiting,) = await adapter.push([first])
+    assert isinstance(waiting, Delivered) and waiting.company == CompanyLink(company_id(8), None)
+    # A company missing in HubSpot is not remembered as missing: the next look finds it.
+    (created,) = await adapter.push([company_record(8)])
+    assert isinstance(created, Delivered)
+    (linked,) = await adapter.push([record(adapter, 1, after=confirmed(first, waiting),
+                                           companyId=company_id(8))])  # fmt: skip
+    assert isinstance(linked, Delivered)
+    assert linked.company == CompanyLink(company_id(8), created.remote_id)
+    assert fake.associations == {(in_hubspot(fake, 1)["hs_object_id"], created.remote_id)}
+
+
+@pytest.mark.usefixtures("company_properties")
+async def test_a_refused_company_is_dead_and_the_contacts_go_on(
+    fake: FakeHubSpot, make_adapter
+) -> None:
+    adapter = await make_adapter()
+    bad = company_record(9)
+    bad = dataclasses.replace(bad, fields={**bad.fields, "no_such_property": "x"})
+    outcomes = await adapter.push([bad, record(adapter, 1)])
+    assert isinstance(outcomes[0], Dead) and "no_such_property" in outcomes[0].reason
+    assert isinstance(outcomes[1], Delivered)
+    assert not fake.companies
 
 
 # --- rate limits and the daily budget --------------------------------------------------------
@@ -738,7 +866,8 @@ async def test_setup_adds_missing_options_and_warns_about_unknown_properties(
     lines = await adapter.setup()
     assert "changed contacts property 'mimeeq_status': added options INACTIVE" in lines
     assert lines[-1] == (
-        "WARNING: mapped property 'favourite' is not in HubSpot: create it or fix the mapping"
+        "WARNING: mapped contacts property 'favourite' is not in HubSpot: "
+        "create it or fix the mapping"
     )
     options = fake.properties["contacts"]["mimeeq_status"]["options"]
     assert [(o["value"], o["label"]) for o in options] == [

@@ -10,9 +10,19 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from connector.backfill import ImportSettings, detect_kind
 from connector.cli import main
 from connector.store.sqlite import SQLiteStore
-from testkit.payloads import CUSTOMER, contact, write_config
+from testkit.payloads import (
+    CUSTOMER,
+    DATA,
+    FAKE_MAPPING,
+    ROOT,
+    company,
+    company_id,
+    contact,
+    write_config,
+)
 
 HEADER = "Contact ID,First Name,Last Name,Email\n"
 
@@ -214,3 +224,168 @@ def test_a_store_failing_part_way_says_how_far_it_got(
     assert again.exit_code == 0
     assert "imported 1200 rows: 700 queued, 500 duplicate" in again.stdout
     assert stored(config) == 1200
+
+
+COMPANIES = DATA / "companies-export.csv"  # as Mimeeq's admin exports it (with a BOM)
+COMPANY_HEADER = "Company ID,Company Name,Status,City,Email,Tags\n"
+
+
+@pytest.fixture
+def with_companies(tmp_path: Path) -> Path:
+    """Two targets: ``fake`` takes contacts only, ``crm`` (HubSpot) companies too."""
+    return write_config(tmp_path, {
+        "fake": {"type": "fake", "mapping": FAKE_MAPPING},
+        "crm": {"type": "hubspot", "access_token": "pat-test-0000", "mapping": FAKE_MAPPING,
+                "company_mapping": str(ROOT / "mappings" / "hubspot-companies.yaml")},
+    })  # fmt: skip
+
+
+def pending(config: Path) -> dict[str, int]:
+    """Events waiting, per target."""
+    result = CliRunner().invoke(main, ["status", "--config", str(config), "--json"])
+    return {t["target"]: t["pending"] for t in json.loads(result.stdout)}
+
+
+def latest_event(config: Path, object_id: str) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["trace", "--config", str(config), "--json", object_id])
+    event: dict[str, Any] = json.loads(result.stdout)["events"][-1]
+    return event
+
+
+def test_a_companies_export_goes_to_the_company_targets_only(with_companies: Path) -> None:
+    first = run(with_companies, COMPANIES)
+    assert first.exit_code == 0, first.output
+    assert "companies-export.csv: companies (a company name column and no first/last name" in (
+        first.stderr
+    )
+    assert "imported 4 rows: 4 queued, 0 duplicate, 0 dropped" in first.stdout
+    assert pending(with_companies) == {"fake": 0, "crm": 4}
+    event = latest_event(with_companies, "COMP-3f1c2a10-0001")
+    assert event["event_type"] == "company-imported"
+    assert event["payload"] == {
+        "id": "COMP-3f1c2a10-0001", "customerId": CUSTOMER, "companyName": "Northwind Interiors",
+        "status": "ACTIVE",
+        "address": {"street": "12 Harbour Road, Unit 4", "city": "Bristol", "postcode": "BS1 5TY",
+                    "country": "United Kingdom"},
+        "accountDetails": {"workNumber": "+44 117 496 0123", "email": "office@northwind.example"},
+        "socials": [{"type": "website", "address": "https://northwind.example"}],
+        "paymentTerms": "30 days", "currency": "GBP", "tags": ["dealer", "uk"],
+    }  # fmt: skip
+    bare = latest_event(with_companies, "COMP-3f1c2a10-0003")["payload"]  # empty cells: None
+    assert (bare["companyName"], bare["socials"], bare["tags"]) == ("Oakline Office Ltd", [], [])
+    again = run(with_companies, COMPANIES, "--kind", "companies", "--json")
+    assert again.exit_code == 0
+    report = json.loads(again.stdout)
+    assert (report["status"], report["queued"], report["duplicate"]) == ("imported", 0, 4)
+    assert pending(with_companies) == {"fake": 0, "crm": 4}
+
+
+def test_contacts_still_go_to_every_target(with_companies: Path, tmp_path: Path) -> None:
+    result = run(with_companies, export(tmp_path, HEADER + rows(1, 3)))
+    assert result.exit_code == 0, result.output
+    assert "contacts.csv: contacts (a first/last name column" in result.stderr
+    assert pending(with_companies) == {"fake": 3, "crm": 3}
+    assert latest_event(with_companies, "CONT-00001")["event_type"] == "contact-imported"
+
+
+def test_companies_as_json_lines_are_told_by_their_keys(
+    with_companies: Path, tmp_path: Path
+) -> None:
+    text = jsonl([company(n) for n in range(3)])
+    result = run(with_companies, export(tmp_path, text, "companies.jsonl"))
+    assert result.exit_code == 0, result.output
+    assert "companies.jsonl: companies" in result.stderr
+    assert pending(with_companies) == {"fake": 0, "crm": 3}
+    assert latest_event(with_companies, company_id(1))["event_type"] == "company-imported"
+
+
+@pytest.mark.parametrize(
+    ("headers", "kind"),
+    [
+        ("Contact ID,First Name,Last Name,Email", "contacts"),
+        ("Contact ID,Surname,Company Name", "contacts"),  # a contact's company, named
+        ("Company ID,Company Name,Street", "companies"),
+        ("ID,company_name,Postcode", "companies"),
+        ("ID,Name,Email", None),  # a name alone says neither
+        ("Firma,Nummer", None),
+    ],
+)
+def test_the_kind_is_told_from_the_headers(headers: str, kind: str | None) -> None:
+    assert detect_kind(headers.split(","), ImportSettings()) == kind
+
+
+def test_the_tenants_column_names_tell_the_kind_too() -> None:
+    settings = ImportSettings(company_columns={"companyName": "Firma"})
+    assert detect_kind(["Nummer", "Firma"], settings) == "companies"
+    settings = ImportSettings(columns={"lastName": "Nachname"})
+    assert detect_kind(["Nummer", "Nachname", "Firma"], settings) == "contacts"
+
+
+def test_a_kind_the_headers_contradict_is_a_usage_error(
+    with_companies: Path, tmp_path: Path
+) -> None:
+    result = run(with_companies, COMPANIES, "--kind", "contacts")
+    assert result.exit_code == 2
+    expected = ("--kind contacts, but companies-export.csv looks like a companies export (a "
+                "company name column and no first/last name); give --kind companies")  # fmt: skip
+    assert expected in result.stderr
+    result = run(with_companies, export(tmp_path, HEADER + rows(1, 2)), "--kind", "companies")
+    assert result.exit_code == 2
+    assert "--kind companies, but contacts.csv looks like a contacts export" in result.stderr
+    assert pending(with_companies) == {"fake": 0, "crm": 0}
+
+
+def test_ambiguous_headers_ask_for_the_kind(with_companies: Path, tmp_path: Path) -> None:
+    file = export(tmp_path, "ID,Name,Email\nCOMP-1,Acme,office@acme.example\n", "export.csv")
+    result = run(with_companies, file)
+    assert result.exit_code == 2
+    assert "cannot tell whether export.csv holds contacts or companies (headers: ID, Name, " in (
+        result.stderr
+    )
+    assert "give --kind contacts or --kind companies" in result.stderr
+    assert pending(with_companies) == {"fake": 0, "crm": 0}
+    given = run(with_companies, file, "--kind", "companies")
+    assert given.exit_code == 0, given.output
+    assert latest_event(with_companies, "COMP-1")["payload"]["companyName"] == "Acme"
+    assert pending(with_companies) == {"fake": 0, "crm": 1}
+
+
+def test_companies_without_a_company_target_are_refused_unread(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"fake": {"type": "fake", "mapping": FAKE_MAPPING}})
+    result = run(config, COMPANIES)
+    assert result.exit_code == 1
+    assert "error: no target of tenant 'demo' takes companies: give one a company_mapping" in (
+        result.stderr
+    )
+    assert "checking" not in result.stderr  # refused before the rows are read
+    assert stored(config) == 0
+
+
+def test_bad_company_rows_are_named_and_the_good_ones_imported_once_fixed(
+    with_companies: Path, tmp_path: Path
+) -> None:
+    good = [f"COMP-{n},Company {n},ACTIVE,Leeds,office{n}@example.com,dealer\n" for n in range(5)]
+    bad = [",No Id,ACTIVE,York,,\n", "COMP has spaces,Spaced,ACTIVE,,,\n"]
+    text = COMPANY_HEADER + "".join(good[:2] + bad[:1] + good[2:4] + bad[1:] + good[4:])
+    result = run(with_companies, export(tmp_path, text, "companies.csv"))
+    assert result.exit_code == 1
+    named = [x for x in result.stderr.splitlines() if x.startswith("  line ")]
+    assert named[0] == "  line 4: id: required, but empty"
+    assert named[1].startswith("  line 7: id: String should match pattern")
+    assert "refused, nothing imported: 2 unusable row(s), 5 usable" in result.stdout
+    assert pending(with_companies) == {"fake": 0, "crm": 0}
+    fixed = run(with_companies, export(tmp_path, COMPANY_HEADER + "".join(good), "companies.csv"))
+    assert fixed.exit_code == 0, fixed.output
+    assert "imported 5 rows: 5 queued" in fixed.stdout
+    assert pending(with_companies) == {"fake": 0, "crm": 5}
+
+
+def test_a_companies_export_without_an_id_column_names_the_setting(
+    with_companies: Path, tmp_path: Path
+) -> None:
+    text = "Ref,Company Name\nC1,Acme\n"
+    result = run(with_companies, export(tmp_path, text, "companies.csv"))
+    assert result.exit_code == 1
+    assert "  line 1: no company id column (set import.company_columns.id to its header)" in (
+        result.stderr
+    )

@@ -17,7 +17,7 @@ import pytest
 
 from connector.config import load_config
 from connector.errors import TargetPaused
-from connector.payloads import CONTACT_EVENTS, OTHER_EVENTS
+from connector.payloads import EVENTS, OTHER_EVENTS
 from connector.service import Service
 from testkit.payloads import FAKE_MAPPING, contact, write_config
 from testkit.service import fake_adapter, status_reaches
@@ -85,7 +85,7 @@ def stored(service: Service, tenant: str | None = None) -> int:
 # --- Writing ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("event", sorted(CONTACT_EVENTS))
+@pytest.mark.parametrize("event", sorted(EVENTS))
 @pytest.mark.parametrize("body", [b_contact, a_contact], ids=["b-payload", "a-payload"])
 async def test_a_token_cannot_enqueue_for_b(
     service: Service, event: str, body: Callable[[], dict[str, Any]]
@@ -187,7 +187,7 @@ async def test_metrics_hold_counts_under_labels_no_caller_chooses(service: Servi
     for secret in [*chosen, *B_SECRETS.values(), B_CUSTOMER, A_CUSTOMER, A_TOKEN, B_TOKEN]:
         assert secret not in text
     tenants = {"alpha", "bravo", "unknown"}
-    events = {*CONTACT_EVENTS, *OTHER_EVENTS, "unknown"}
+    events = {*EVENTS, *OTHER_EVENTS, "unknown"}
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert samples
     for line in samples:

@@ -13,8 +13,17 @@ import pytest
 
 from connector.config import Config
 from connector.service import Service
-from testkit.payloads import CUSTOMER, TOKEN, contact, example
+from testkit.payloads import (
+    CUSTOMER,
+    FAKE_COMPANY_MAPPING,
+    FAKE_MAPPING,
+    TOKEN,
+    company,
+    contact,
+    example,
+)
 from testkit.service import fake_adapter
+from testkit.waiting import eventually
 
 AUTH = {"X-Mimeeq-Token": TOKEN}
 
@@ -53,13 +62,71 @@ async def test_contact_created_is_queued(service: Service, http: aiohttp.ClientS
     assert body["status"] == "queued" and len(body["eventId"]) == 36
 
 
-@pytest.mark.parametrize("event", ["company-created", "company-note-deleted", "basket-submitted"])
+@pytest.mark.parametrize("event", ["company-note-deleted", "basket-submitted"])
 async def test_other_mimeeq_events_are_ignored(
     service: Service, http: aiohttp.ClientSession, event: str
 ) -> None:
     status, body = await post(http, service, f"/webhooks/demo/{event}", {"id": "COMP-1"})
     assert (status, body["status"]) == (202, "ignored")
     assert await stored_events(service) == 0
+
+
+@pytest.mark.parametrize("event", ["company-created", "company-updated", "company-deleted"])
+async def test_company_events_are_queued_for_the_targets_taking_companies(
+    running: Any, http: aiohttp.ClientSession, event: str
+) -> None:
+    service = await running({
+        "contacts": {"type": "fake", "mapping": FAKE_MAPPING},
+        "both": {"type": "fake", "mapping": FAKE_MAPPING, "company_mapping": FAKE_COMPANY_MAPPING},
+    })  # fmt: skip
+    status, body = await post(http, service, f"/webhooks/demo/{event}", company(1))
+    assert (status, body["status"]) == (202, "queued")
+    both = fake_adapter(service, "demo/both")
+    await eventually(lambda: both.pushed_ids == [company(1)["id"]])
+    (record,) = both.pushes[0]
+    assert record.object_type == "company" and record.event == event
+    if event != "company-deleted":
+        assert record.fields == {"name": "Company 1", "city": "Example City"}
+    assert fake_adapter(service, "demo/contacts").pushes == []
+
+
+async def test_company_events_are_ignored_while_no_target_takes_companies(
+    running: Any, http: aiohttp.ClientSession
+) -> None:
+    service = await running({"contacts": {"type": "fake", "mapping": FAKE_MAPPING}})
+    status, body = await post(http, service, "/webhooks/demo/company-created", company(1))
+    assert (status, body["status"]) == (202, "ignored")
+    assert "no target of this tenant takes companies" in body["reason"]
+    assert await stored_events(service) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"companyName": 7}, "companyName"), ({"address": {"postcode": ["x"]}}, "address.postcode"),
+     ({"socials": "none"}, "socials"), ({"customerId": None}, "customerId")],
+)  # fmt: skip
+async def test_a_malformed_company_is_refused_naming_the_field(
+    service: Service, http: aiohttp.ClientSession, change: dict[str, Any], field: str
+) -> None:
+    status, body = await post(http, service, "/webhooks/demo/company-updated", company(1, **change))
+    assert status == 422 and body["field"] == field, body
+    assert await stored_events(service) == 0
+
+
+async def test_a_company_of_another_customer_is_refused(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    other = company(1, customerId="CUST-someone-else")
+    status, body = await post(http, service, "/webhooks/demo/company-created", other)
+    assert (status, body["field"]) == (422, "customerId")
+
+
+async def test_a_deleted_company_needs_only_its_identifiers(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    bare = {"id": company(1)["id"], "customerId": CUSTOMER, "somethingNew": {"x": 1}}
+    status, body = await post(http, service, "/webhooks/demo/company-deleted", bare)
+    assert (status, body["status"]) == (202, "queued")
 
 
 BAD_REQUESTS = [

@@ -29,7 +29,7 @@ from connector.config import load_config
 from connector.errors import ConfigError, TargetPaused
 from connector.mapping import FieldMapping, load_mapping
 from connector.outcomes import Dead, Delivered, Retry
-from testkit.payloads import ROOT, contact, write_config
+from testkit.payloads import ROOT, company, company_id, contact, write_config
 
 BASE = "https://crm.test/api/v1"
 SECRET = "s3cret-crm-token-0123456789"
@@ -60,6 +60,7 @@ async def crm() -> AsyncIterator[respx.MockRouter]:
 
 
 MAPPINGS: dict[RestAdapter, FieldMapping] = {}  # each adapter's mapping, to build its records
+COMPANY_MAPPING = load_mapping("mappings/rest-companies.yaml", ROOT)
 
 
 @pytest.fixture
@@ -68,9 +69,13 @@ async def make_adapter(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     async def make(ops: dict[str, Any] | None = None, **options: Any) -> RestAdapter:
         mapping = load_mapping(options.pop("mapping", "mappings/rest-contacts.yaml"), ROOT)
+        if "companies" in options:  # the companies' requests come with their mapping
+            options.setdefault("company_mapping", "-")
         options = {"type": "rest", "mapping": "-", "base_url": BASE, **(ops or CRUD), **options}
         settings = RestSettings.model_validate(options, context={"base_dir": tmp_path})
-        adapter = RestAdapter(settings, TargetContext("demo", "crm", mapping.fields))
+        company_fields = COMPANY_MAPPING.fields if settings.companies else ()
+        context = TargetContext("demo", "crm", mapping.fields, company_fields=company_fields)
+        adapter = RestAdapter(settings, context)
         MAPPINGS[adapter] = mapping
         adapter.call_wait = wait_none()  # type: ignore[misc]
         await adapter.open()
@@ -726,13 +731,16 @@ async def test_a_rate_limit_spaces_requests_out(crm: respx.MockRouter, make_adap
 def test_the_documented_examples_are_valid(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CRM_TOKEN", SECRET)
     readme = (ROOT / "README.md").read_text().split("\n## REST API\n")[1].split("\n## ")[0]
-    full, batch = (yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, re.S))
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    full, companies, batch = (yaml.safe_load(b) for b in blocks)
     # The commented example in config.example.yaml, uncommented.
     example = (ROOT / "config.example.yaml").read_text().split("      # crm:\n")[1]
     commented = yaml.safe_load(re.sub(r"(?m)^      #   ", "", example))
     single = {k: v for k, v in full["crm"].items() if k not in ("create", "update", "lookup")}
-    for target in (full["crm"], commented, {**single, **batch}):
-        target["mapping"] = str(ROOT / target["mapping"])
+    for target in (full["crm"], commented, {**single, **batch}, {**full["crm"], **companies}):
+        for key in ("mapping", "company_mapping"):
+            if key in target:
+                target[key] = str(ROOT / target[key])
         (loaded,) = load_config(write_config(tmp_path, {"crm": target})).targets
         assert isinstance(loaded.settings, RestSettings)
 
@@ -860,3 +868,239 @@ async def test_a_cancelled_push_leaves_no_request_running(make_adapter) -> None:
         assert cancelled == [True] and started.is_set()
     finally:
         await runner.cleanup()
+
+
+# --- companies ---------------------------------------------------------------------------------
+
+# The same CRM's companies: server-assigned ids, a lookup by the Mimeeq company id.
+COMPANIES: dict[str, Any] = {
+    "create": {
+        "path": "/companies",
+        "body": {"data": {"type": "companies", "attributes": "$record"}},
+        "id_from_response": "data.id",
+    },
+    "update": {"path": "/companies/{remote_id}"},
+    "delete": {"path": "/companies/{remote_id}"},
+    "lookup": {
+        "path": "/companies",
+        "query": {"external_id": "{company_id}"},
+        "id_from_response": "data[0].id",
+    },
+}
+
+
+def company_record(
+    n: int,
+    op: str = "upsert",
+    remote_id: str | None = None,
+    event: str | None = None,
+    mimeeq_id: str | None = None,
+    **changes: Any,
+) -> Record:
+    payload = company(n, **changes)
+    if mimeeq_id is not None:
+        payload["id"] = mimeeq_id
+    return Record(
+        contact_id=payload["id"],
+        op=op,  # type: ignore[arg-type]
+        event=event or ("company-deleted" if op == "delete" else "company-updated"),
+        event_id=f"company-event-{n}",
+        fields=COMPANY_MAPPING.apply(payload),
+        payload=payload,
+        remote_id=remote_id,
+        attempt=1,
+        object_type="company",
+    )
+
+
+async def test_a_mixed_batch_goes_to_each_kind_s_endpoints(
+    crm: respx.MockRouter, make_adapter
+) -> None:
+    contacts = crm.post("/contacts").mock(return_value=created("p-1"))
+    lookup = crm.get("/companies").mock(return_value=httpx.Response(200, json={"data": []}))
+    companies = crm.post("/companies").mock(return_value=created("org-1"))
+    adapter = await make_adapter(companies=COMPANIES)
+    assert RestAdapter.takes_companies
+    records = [
+        record(adapter, 1, event="contact-created"),
+        company_record(1, event="company-created"),
+    ]
+    assert await adapter.push(records) == [Delivered("p-1"), Delivered("org-1")]
+
+    assert body(sent(contacts))["data"]["attributes"] == dict(records[0].fields)
+    assert "name" not in body(sent(contacts))["data"]["attributes"]
+    assert sent(lookup).url.params["external_id"] == company_id(1)
+    attributes = body(sent(companies))["data"]["attributes"]
+    assert attributes == dict(records[1].fields)
+    assert attributes["name"] == "Company 1" and attributes["payment_terms"] == "30 days"
+    assert attributes["address"]["postal_code"] == "12345"
+    assert body(sent(companies))["data"]["type"] == "companies"
+    assert sent(companies).headers["Idempotency-Key"] == "company-event-1"
+
+
+async def test_company_update_and_delete(crm: respx.MockRouter, make_adapter) -> None:
+    update = crm.patch("/companies/org-7").mock(return_value=httpx.Response(200, json={}))
+    delete = crm.delete("/companies/org-7").mock(return_value=httpx.Response(204))
+    adapter = await make_adapter(companies=COMPANIES)
+
+    base = company_record(7, remote_id="org-7")
+    renamed = dataclasses.replace(
+        company_record(7, remote_id="org-7", companyName="Renamed Ltd"),
+        unchanged=frozenset(base.fields) - {"name"},
+    )
+    assert await adapter.push([renamed]) == [Delivered("org-7")]
+    assert body(sent(update)) == {"name": "Renamed Ltd"}  # an update sends what changed
+
+    gone = company_record(7, op="delete", remote_id="org-7")
+    assert await adapter.push([gone]) == [Delivered("org-7", "deleted")]
+    assert delete.call_count == 1 and not sent(delete).content
+    # A company the connector never delivered, and the lookup does not find: nothing to delete.
+    crm.get("/companies").mock(return_value=httpx.Response(200, json={"data": []}))
+    unknown = company_record(8, op="delete")
+    assert await adapter.push([unknown]) == [
+        Delivered(note="not found by lookup: nothing to delete")
+    ]
+
+
+async def test_company_upserts_and_batches_keep_to_their_kind(
+    crm: respx.MockRouter, make_adapter
+) -> None:
+    contacts = crm.post("/contacts/batch").mock(return_value=httpx.Response(200))
+    companies = crm.put(url__regex=r"/companies/").mock(return_value=httpx.Response(200))
+    adapter = await make_adapter(
+        {"batch": BATCH}, companies={"upsert": {"path": "/companies/{company_id}"}}
+    )
+    records = [company_record(1), record(adapter, 1), company_record(2), record(adapter, 2)]
+    assert await adapter.push(records) == [Delivered()] * 4
+    items = body(sent(contacts))["contacts"]
+    assert [i["external_id"] for i in items] == [contact(1)["id"], contact(2)["id"]]
+    assert [c.request.url.path for c in companies.calls] == [
+        f"/api/v1/companies/{company_id(1)}",
+        f"/api/v1/companies/{company_id(2)}",
+    ]
+
+    # Companies in batches of their own, contacts one by one.
+    company_batch = {**BATCH, "path": "/companies/batch", "key": "companies"}
+    company_batch["item"] = {"external_id": "{company_id}", "properties": "$record"}
+    crm.post("/contacts").mock(return_value=created("p"))
+    batched = crm.post("/companies/batch").mock(return_value=httpx.Response(200))
+    mixed = await make_adapter(companies={"batch": company_batch})
+    assert await mixed.push([company_record(3), record(mixed, 3), company_record(4)]) == [
+        Delivered(),
+        Delivered("p"),
+        Delivered(),
+    ]
+    items = body(sent(batched))["companies"]
+    assert [i["external_id"] for i in items] == [company_id(3), company_id(4)]
+    assert items[0]["properties"]["name"] == "Company 3"
+
+
+@pytest.mark.parametrize(
+    ("mimeeq_id", "raw_path"),
+    [
+        ("../admin", b"/api/v1/companies/..%2Fadmin/notes"),
+        ("..", b"/api/v1/companies/%2E%2E/notes"),
+        ("a/b?c#d", b"/api/v1/companies/a%2Fb%3Fc%23d/notes"),
+        ("Zoë & Co", b"/api/v1/companies/Zo%C3%AB%20%26%20Co/notes"),
+    ],
+)
+async def test_company_ids_in_paths_are_encoded(
+    crm: respx.MockRouter, make_adapter, mimeeq_id: str, raw_path: bytes
+) -> None:
+    route = crm.route().mock(return_value=httpx.Response(200))
+    ops = {"upsert": {"path": "/companies/{company_id}/notes", "query": {"who": "{company_id}"}}}
+    adapter = await make_adapter(companies=ops)
+    assert await adapter.push([company_record(1, mimeeq_id=mimeeq_id)]) == [Delivered()]
+    url = sent(route).url
+    assert url.raw_path.split(b"?")[0] == raw_path
+    assert url.params["who"] == mimeeq_id
+
+
+async def test_a_4xx_on_a_company_is_dead_while_the_contacts_are_delivered(
+    crm: respx.MockRouter, make_adapter
+) -> None:
+    crm.post("/contacts").mock(side_effect=[created("p-1"), created("p-2")])
+    crm.get("/companies").mock(return_value=httpx.Response(200, json={"data": []}))
+    refused = '{"errors": [{"field": "name", "message": "is taken"}]}'
+    crm.post("/companies").mock(return_value=httpx.Response(422, text=refused))
+    adapter = await make_adapter(companies=COMPANIES)
+    records = [record(adapter, 1), company_record(1), record(adapter, 2)]
+    outcomes = await adapter.push(records)
+    assert outcomes[1] == Dead(f"create: HTTP 422: {refused}")
+    assert {outcomes[0], outcomes[2]} == {Delivered("p-1"), Delivered("p-2")}
+
+
+async def test_a_missing_company_placeholder_names_the_company(
+    crm: respx.MockRouter, make_adapter
+) -> None:
+    adapter = await make_adapter(companies={"upsert": {"path": "/companies/{fields.email}"}})
+    (outcome,) = await adapter.push([company_record(1, accountDetails={})])
+    assert outcome == Dead(
+        "upsert: the request needs {fields.email}, which this company has no value for"
+    )
+    assert not crm.calls
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"company_mapping": "m"}, "company_mapping needs a `companies:` block"),
+        ({"companies": {"upsert": {"path": "/o"}}}, "`companies:` needs a company_mapping"),
+        (
+            {"company_mapping": "m", "companies": {"upsert": {"path": "/o/{contact_id}"}}},
+            "upsert: {contact_id} is for contact requests; in `companies:` the company's Mimeeq "
+            "id is {company_id}",
+        ),
+        (
+            {"upsert": {"path": "/c", "body": {"org": "{company_id}"}}},
+            "upsert: {company_id} is for company requests (`companies:`)",
+        ),
+        (
+            {"company_mapping": "m", "companies": {"create": {"path": "/o"}}},
+            "exactly one of",
+        ),
+        (
+            {
+                "company_mapping": "m",
+                "companies": {"create": {"path": "/o"}, "update": {"path": "/o/{remote_id}"}},
+            },
+            "update uses {remote_id}, but nothing gives one",
+        ),
+        (
+            {"company_mapping": "m", "companies": {"upsert": {"path": "/o/{remote_id}"}}},
+            "upsert: {remote_id} is not known yet",
+        ),
+        (
+            {"company_mapping": "m", "companies": {"batch": {"path": "/o/{company_id}"}}},
+            "batch: its path and query can only use {tenant}",
+        ),
+        (
+            {"company_mapping": "m", "companies": {"upsert": {"path": "/o"}, "bogus": 1}},
+            "Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_company_config_errors(options: dict[str, Any], problem: str) -> None:
+    raw = {"type": "rest", "mapping": "m", "base_url": BASE, "upsert": {"path": "/c"}, **options}
+    with pytest.raises(ValidationError) as error:
+        RestSettings.model_validate(raw)
+    assert problem in str(error.value)
+
+
+def test_company_config_check_names_the_key(tmp_path: Path) -> None:
+    target = {
+        "type": "rest",
+        "mapping": str(ROOT / "mappings/rest-contacts.yaml"),
+        "company_mapping": str(ROOT / "mappings/rest-companies.yaml"),
+        "base_url": BASE,
+        **CRUD,
+    }
+    with pytest.raises(ConfigError, match=r"tenants\.demo\.targets\.crm: .*`companies:` block"):
+        load_config(write_config(tmp_path, {"crm": target}))
+    bad = {**target, "companies": {"upsert": {"path": "/o/{contact_id}"}}}
+    with pytest.raises(ConfigError, match=r"tenants\.demo\.targets\.crm\.companies: .*upsert"):
+        load_config(write_config(tmp_path, {"crm": bad}))
+    good = {**target, "companies": COMPANIES}
+    (loaded,) = load_config(write_config(tmp_path, {"crm": good})).targets
+    assert loaded.company_mapping is not None
+    assert isinstance(loaded.settings, RestSettings) and loaded.settings.companies is not None

@@ -620,6 +620,44 @@ async def test_resync_queues_a_full_rewrite_of_live_contacts(store: Store) -> No
     assert await store.resync("demo/other", None) == 0
 
 
+async def deliver_all(store: Store, states: dict[str, SyncState]) -> None:
+    """Claim what is queued and record each as delivered with its state."""
+    claim = await store.claim(T, 100, 60)
+    results = [Result(i.contact_id, "delivered", state=states[i.contact_id]) for i in claim.items]
+    await store.complete(claim, results)
+
+
+async def test_contacts_waiting_for_a_company_are_queued_once_it_arrives(store: Store) -> None:
+    await store.append(event("CONT-1"))
+    await store.append(event("CONT-2"))
+    waiting = SyncState("hs-c", {}, company_id="COMP-1")  # its company was not in the target
+    await deliver_all(store, {"CONT-1": waiting, "CONT-2": SyncState("hs-d", {})})
+    # The contact's side: its company has not arrived, nothing to do.
+    assert await store.relink(T, [], contacts=["CONT-1"]) == 0
+    assert await store.relink(T, None) == 0
+    await store.append(NewEvent("demo", "company-created", "COMP-1", "upsert", b"{}", (T,)))
+    await deliver_all(store, {"COMP-1": SyncState("hs-company", {})})
+
+    # The company's side (or the contact's, had it completed second) finds it.
+    assert await store.relink(T, ["COMP-1"]) == 1
+    assert await store.relink(T, [], contacts=["CONT-1"]) == 1  # queued already: not doubled
+    claim = await store.claim(T, 10, 60)
+    (item,) = claim.items
+    assert item.contact_id == "CONT-1" and not item.full and item.state == waiting
+    linked = SyncState("hs-c", {}, "COMP-1", "hs-company")
+    await store.complete(claim, [Result("CONT-1", "delivered", state=linked)])
+    assert await store.relink(T, None) == 0  # linked: nothing waits any more
+
+    # The company is deleted: its contacts wait for it again, and are linked when it is back.
+    assert await store.relink(T, [], deleted=["COMP-1"]) == 0
+    assert await store.queued(T, ["CONT-1"]) == set()
+    await store.append(NewEvent("demo", "company-created", "COMP-1", "upsert", b"{}", (T,)))
+    await deliver_all(store, {"COMP-1": SyncState("hs-company-2", {})})
+    assert await store.relink(T, None) == 1  # as a start would find it
+    (item,) = (await store.claim(T, 10, 60)).items
+    assert item.contact_id == "CONT-1" and item.state == SyncState("hs-c", {}, "COMP-1", None)
+
+
 async def test_a_replay_is_a_full_rewrite(store: Store) -> None:
     await dead(store, "c1", b'{"v": 1}')
     (letter,) = await store.dead_letters()
