@@ -13,7 +13,6 @@ their total against the fewest the scenario can take (every batch call carrying 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import json
 import sys
@@ -21,18 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import yaml
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/
 from bench.common import ROOT, machine
+from bench.hubspot import CUSTOMER, TOKEN, drained, post_burst
 from connector.config import load_config
 from connector.logs import configure_logging
 from connector.runtime import server_runner
 from connector.service import Service
 from fake_hubspot import FakeHubSpot
 from testkit.companies import Scenario, minimum_hubspot_calls, scenario
-from testkit.payloads import CUSTOMER, TOKEN
 
 HS_TOKEN = "hs-bench"
 
@@ -74,24 +72,6 @@ def properties(fake: FakeHubSpot) -> None:
         )  # fmt: skip
 
 
-async def post(service: Service, events: list[tuple[str, dict[str, object]]]) -> None:
-    url = f"http://127.0.0.1:{service.port}/webhooks/demo/"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
-
-        async def one(event: str, body: dict[str, object]) -> None:
-            async with http.post(url + event, json=body, headers={"X-Mimeeq-Token": TOKEN}) as r:
-                assert r.status == 202, await r.text()
-
-        await asyncio.gather(*(one(e, b) for e, b in events))
-
-
-async def drained(service: Service, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(s.pending for s in await service.store.status()):
-        assert time.monotonic() < deadline, "did not drain"
-        await asyncio.sleep(0.05)
-
-
 async def run(s: Scenario) -> dict[str, object]:
     fake = FakeHubSpot(token=HS_TOKEN)
     await fake.start()
@@ -102,8 +82,8 @@ async def run(s: Scenario) -> dict[str, object]:
         try:
             for n, wave in enumerate(s.waves, 1):
                 print(f"wave {n} of {len(s.waves)}: {len(wave)} webhooks...", flush=True)
-                await post(service, wave)
-                await drained(service)
+                await post_burst(service, wave)
+                await drained(service, timeout=300)
         finally:
             await service.stop()
         seconds = time.monotonic() - started

@@ -41,7 +41,7 @@ from connector.logs import get_logger
 from connector.mapping import FieldMapping
 from connector.metrics import Metrics
 from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
-from connector.store.base import Claim, ClaimedItem, Result, Store, SyncState
+from connector.store.base import Claim, ClaimedItem, Relink, Result, Store, SyncState
 
 log = get_logger("connector.delivery")
 
@@ -212,7 +212,7 @@ class TargetWorker:
         Whichever of a company and its contact completes second finds the other: the contacts
         of a company just written, and the contacts just left waiting whose company has come
         meanwhile (another lane or replica wrote it). A crash in between is caught at the next
-        start, which looks at every waiting contact (``_swept``).
+        start, which looks at every waiting contact (``_swept``); so is a store that fails here.
         """
         if not self.adapter.associates_companies:
             return
@@ -229,15 +229,14 @@ class TargetWorker:
             elif result.state and result.state.company_id and not result.state.company_remote_id:
                 waiting.append(item.contact_id)
         if written or deleted or waiting:
-            await self._queue_links(written, waiting, deleted)
+            try:
+                await self._queue_links(Relink(written, waiting, deleted))
+            except Exception as exc:
+                self._swept = False  # the next claim looks at every waiting contact
+                self._trouble("could not queue contacts to link with their company", exc)
 
-    async def _queue_links(
-        self,
-        companies: Sequence[str] | None,
-        contacts: Sequence[str] = (),
-        deleted: Sequence[str] = (),
-    ) -> None:
-        queued = await self.store.relink(self.key, companies, contacts, deleted)
+    async def _queue_links(self, links: Relink) -> None:
+        queued = await self.store.relink(self.key, links)
         if queued:
             self.notify(queued)
             self._log.info("contacts queued to link with their company", contacts=queued)
@@ -245,7 +244,7 @@ class TargetWorker:
     async def _next_claim(self) -> tuple[Claim, ClaimHold] | None:
         """The next batch, and until when (wall clock) the claim on it surely holds."""
         if not self._swept and self.adapter.associates_companies:
-            await self._queue_links(None)
+            await self._queue_links(Relink(None))
             self._swept = True
         await self._sync_pause()
         if self._stopping or await self._wait_while_paused():

@@ -232,7 +232,7 @@ class Receiver:
         if event not in EVENTS:
             refusal = error(404, f"unknown event {echo(event)!r}", events=sorted(EVENTS))
             return refusal, "unknown_event"
-        if not tenant.targets_for(object_type_of(event)):
+        if object_type_of(event) == "company" and not tenant.company_targets:
             reason = "no target of this tenant takes companies (company_mapping)"
             answer = {"eventId": None, "status": "ignored", "reason": reason}
             return json_response(202, answer), "ignored"

@@ -82,7 +82,7 @@ def dlq_list(
     if not letters:
         click.echo("no dead letters")
         return
-    rows = [("ID", "TENANT", "TARGET", "CONTACT", "EVENT", "ATTEMPTS", "FAILED AT", "ERROR")]
+    rows = [("ID", "TENANT", "TARGET", "OBJECT", "EVENT", "ATTEMPTS", "FAILED AT", "ERROR")]
     for d in letters:
         tenant, name = split_key(d.target)
         error = d.error if len(d.error) <= 100 else d.error[:99] + "…"
@@ -270,10 +270,11 @@ async def _resync(
 
 @main.command()
 @config_option
-@click.argument("contact_id")
+@click.argument("contact_id", metavar="ID")
 @json_option
 def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
-    """The history of one contact: received, mapped, pushed, CRM id, outcome."""
+    """The history of one contact (or company, by its COMP-… id): received, mapped, pushed, CRM
+    id, outcome."""
     config = load(config_path)
     found = asyncio.run(_trace(config, contact_id))
     if as_json:
@@ -285,7 +286,7 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
             f"{config.store.retention_days:g} days after delivery)"
         )
     event_ids = {e.seq: e.event_id for e in found.events}
-    click.echo(f"contact {contact_id}")
+    click.echo(f"{_object_of(contact_id)} {contact_id}")
     click.echo("events received:")
     for e in found.events:
         fate = f"dropped: {e.dropped}" if e.dropped else "queued"
@@ -332,6 +333,11 @@ def _fields_line(fields: dict[str, Any]) -> str:
     if unchanged := fields.get("unchanged"):
         parts.append(f"unchanged {', '.join(unchanged)}")
     return "      " + ("; ".join(parts) or "nothing to write")
+
+
+def _object_of(mimeeq_id: str) -> str:
+    """What a Mimeeq id names, as Mimeeq prefixes it (CONT-…, COMP-…)."""
+    return "company" if mimeeq_id.startswith("COMP-") else "contact"
 
 
 async def _trace(config: Config, contact_id: str) -> Trace:

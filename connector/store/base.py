@@ -90,6 +90,21 @@ class DeadLetterPick:
 
 
 @dataclass(frozen=True, slots=True)
+class Relink:
+    """What a push changed for the links of contacts to companies (``Store.relink``).
+
+    Asked after each push, so that whichever of a company and its contact completes second finds
+    the other: ``companies`` were just written (None: look at every waiting contact, as at a
+    start), ``contacts`` were just left waiting for theirs. The contacts of ``deleted`` companies
+    wait again: the target dropped their association.
+    """
+
+    companies: Sequence[str] | None
+    contacts: Sequence[str] = ()
+    deleted: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     tenant: str
     event_type: str  # the Mimeeq event name
@@ -307,21 +322,9 @@ class QueueStore(ABC):
         """Release leases a crashed process left behind; return how many."""
 
     @abstractmethod
-    async def relink(
-        self,
-        target: str,
-        companies: Sequence[str] | None,
-        contacts: Sequence[str] = (),
-        deleted: Sequence[str] = (),
-    ) -> int:
-        """Queue a full write of the contacts of ``target`` whose link waits for a company that
-        has reached the target since; return how many were queued.
-
-        Asked after each push by the side that completed second, so a link is never lost to a
-        race: ``companies`` were just written (None: look at every waiting contact, as at start),
-        ``contacts`` were just recorded as waiting. The contacts of ``deleted`` companies wait
-        again (the target dropped the association with the company).
-        """
+    async def relink(self, target: str, links: Relink) -> int:
+        """Queue (as they are, not as full re-writes) the contacts of ``target`` whose link
+        waits for a company that has reached the target since; return how many were queued."""
 
 
 class OperatorStore(ABC):

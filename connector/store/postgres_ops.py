@@ -26,6 +26,7 @@ from connector.store.base import (
     DeadLetterPick,
     OperatorStore,
     PauseRow,
+    Relink,
     Replayed,
     TargetStatus,
     Trace,
@@ -183,19 +184,16 @@ class PostgresOperations(OperatorStore):
                         queued += 1
         return queued
 
-    async def relink(
-        self,
-        target: str,
-        companies: Sequence[str] | None,
-        contacts: Sequence[str] = (),
-        deleted: Sequence[str] = (),
-    ) -> int:
-        if deleted:
-            await self.pool.execute(Q_UNLINK, target, list(deleted))
+    async def relink(self, target: str, links: Relink) -> int:
+        if links.deleted:
+            await self.pool.execute(Q_UNLINK, target, list(links.deleted))
         waiting: set[str] = set()
-        if companies is None:
+        if links.companies is None:
             waiting.update(row[0] for row in await self.pool.fetch(Q_WAITING, target))
-        for query, ids in ((Q_WAITING_FOR, companies or ()), (Q_WAITING_AMONG, contacts)):
+        for query, ids in (
+            (Q_WAITING_FOR, links.companies or ()),
+            (Q_WAITING_AMONG, links.contacts),
+        ):
             if ids:
                 waiting.update(row[0] for row in await self.pool.fetch(query, target, list(ids)))
         # Queued as they are, not as full re-writes: only the link is missing. Each under its

@@ -35,6 +35,7 @@ from connector.store.base import (
     DeadLetterPick,
     NewEvent,
     PauseRow,
+    Relink,
     Replayed,
     Result,
     SchemaPolicy,
@@ -359,14 +360,8 @@ class SQLiteStore(Store):
     async def resync(self, target: str, contact_ids: Sequence[str] | None) -> int:
         return await self._call(ops.resync, target, contact_ids, time.time())
 
-    async def relink(
-        self,
-        target: str,
-        companies: Sequence[str] | None,
-        contacts: Sequence[str] = (),
-        deleted: Sequence[str] = (),
-    ) -> int:
-        return await self._call(ops.relink, target, companies, contacts, deleted, time.time())
+    async def relink(self, target: str, links: Relink) -> int:
+        return await self._call(ops.relink, target, links, time.time())
 
     async def queued(self, target: str, contact_ids: Sequence[str]) -> set[str]:
         return await self._call(ops.queued, target, list(contact_ids))

@@ -24,6 +24,7 @@ from connector.store.base import (
     DeadLetter,
     DeadLetterPick,
     NewEvent,
+    Relink,
     Replayed,
     Result,
     SyncState,
@@ -444,15 +445,8 @@ def resync(
     return sum(1 for _, op in latest.values() if op == "upsert")
 
 
-def relink(
-    conn: sqlite3.Connection,
-    target: str,
-    companies: Sequence[str] | None,
-    contacts: Sequence[str],
-    deleted: Sequence[str],
-    now: float,
-) -> int:
-    for chunk in _chunks(list(deleted)):
+def relink(conn: sqlite3.Connection, target: str, links: Relink, now: float) -> int:
+    for chunk in _chunks(list(links.deleted)):
         marks = ",".join("?" * len(chunk))
         conn.execute(
             "UPDATE sync_state SET company_remote_id = NULL "
@@ -460,9 +454,9 @@ def relink(
             [target, *chunk],
         )
     waiting: set[str] = set()
-    if companies is None:
+    if links.companies is None:
         waiting.update(row[0] for row in conn.execute(q.WAITING, (target,)))
-    for column, ids in (("s.company_id", companies or ()), ("s.contact_id", contacts)):
+    for column, ids in (("s.company_id", links.companies or ()), ("s.contact_id", links.contacts)):
         for chunk in _chunks(list(ids)):
             sql = f"{q.WAITING} AND {column} IN ({','.join('?' * len(chunk))})"
             waiting.update(row[0] for row in conn.execute(sql, [target, *chunk]))

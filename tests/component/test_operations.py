@@ -41,7 +41,7 @@ async def test_dead_letters_are_listed_shown_replayed_and_purged(running: Callab
     listed = await cli("dlq", "list", "--config", config)
     assert listed.exit_code == 0, listed.output
     lines = listed.stdout.splitlines()
-    assert lines[0].split()[:4] == ["ID", "TENANT", "TARGET", "CONTACT"]
+    assert lines[0].split()[:4] == ["ID", "TENANT", "TARGET", "OBJECT"]
     assert contact(1)["id"] in lines[1] and "HTTP 422: email is invalid" in lines[1]
     letters = json.loads((await cli("dlq", "list", "--config", config, "--json")).stdout)
     assert [d["contact_id"] for d in letters] == [contact(1)["id"], contact(2)["id"]]

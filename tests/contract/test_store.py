@@ -24,7 +24,15 @@ from click.testing import CliRunner
 from connector.cli import main
 from connector.config import load_config
 from connector.errors import ConfigError
-from connector.store.base import ClaimedItem, DeadLetterPick, NewEvent, Result, Store, SyncState
+from connector.store.base import (
+    ClaimedItem,
+    DeadLetterPick,
+    NewEvent,
+    Relink,
+    Result,
+    Store,
+    SyncState,
+)
 from connector.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from connector.store.postgres import PostgresStore
 from connector.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -633,27 +641,29 @@ async def test_contacts_waiting_for_a_company_are_queued_once_it_arrives(store: 
     waiting = SyncState("hs-c", {}, company_id="COMP-1")  # its company was not in the target
     await deliver_all(store, {"CONT-1": waiting, "CONT-2": SyncState("hs-d", {})})
     # The contact's side: its company has not arrived, nothing to do.
-    assert await store.relink(T, [], contacts=["CONT-1"]) == 0
-    assert await store.relink(T, None) == 0
+    assert await store.relink(T, Relink([], contacts=["CONT-1"])) == 0
+    assert await store.relink(T, Relink(None)) == 0
     await store.append(NewEvent("demo", "company-created", "COMP-1", "upsert", b"{}", (T,)))
     await deliver_all(store, {"COMP-1": SyncState("hs-company", {})})
 
     # The company's side (or the contact's, had it completed second) finds it.
-    assert await store.relink(T, ["COMP-1"]) == 1
-    assert await store.relink(T, [], contacts=["CONT-1"]) == 1  # queued already: not doubled
+    assert await store.relink(T, Relink(["COMP-1"])) == 1
+    assert (
+        await store.relink(T, Relink([], contacts=["CONT-1"])) == 1
+    )  # queued already: not doubled
     claim = await store.claim(T, 10, 60)
     (item,) = claim.items
     assert item.contact_id == "CONT-1" and not item.full and item.state == waiting
     linked = SyncState("hs-c", {}, "COMP-1", "hs-company")
     await store.complete(claim, [Result("CONT-1", "delivered", state=linked)])
-    assert await store.relink(T, None) == 0  # linked: nothing waits any more
+    assert await store.relink(T, Relink(None)) == 0  # linked: nothing waits any more
 
     # The company is deleted: its contacts wait for it again, and are linked when it is back.
-    assert await store.relink(T, [], deleted=["COMP-1"]) == 0
+    assert await store.relink(T, Relink([], deleted=["COMP-1"])) == 0
     assert await store.queued(T, ["CONT-1"]) == set()
     await store.append(NewEvent("demo", "company-created", "COMP-1", "upsert", b"{}", (T,)))
     await deliver_all(store, {"COMP-1": SyncState("hs-company-2", {})})
-    assert await store.relink(T, None) == 1  # as a start would find it
+    assert await store.relink(T, Relink(None)) == 1  # as a start would find it
     (item,) = (await store.claim(T, 10, 60)).items
     assert item.contact_id == "CONT-1" and item.state == SyncState("hs-c", {}, "COMP-1", None)
 

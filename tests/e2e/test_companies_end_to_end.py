@@ -5,6 +5,7 @@ CRM agree."""
 from __future__ import annotations
 
 import csv
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,16 @@ import pytest
 import yaml
 from aiohttp import web
 
+from connector.config import load_config
+from connector.service import Service
+from connector.store.base import Relink
+from connector.store.sqlite import SQLiteStore
 from fake_hubspot import FakeHubSpot
 from testkit.companies import Scenario, scenario
 from testkit.hubspot import hubspot_config
 from testkit.payloads import ROOT, company, company_id, contact
-from testkit.service import ServerProcess, drained, post_all
+from testkit.service import ServerProcess, drained, post_all, send
+from testkit.waiting import eventually
 
 
 def add_company_properties(fake: FakeHubSpot) -> None:
@@ -244,3 +250,30 @@ async def test_a_contact_moving_to_another_company_moves_its_link(
         [("contact-updated", contact(1, companyId=company_id(2)))],
     )  # fmt: skip
     assert linked_companies(fake, 1) == {company_id(2)}
+
+
+async def test_a_link_the_store_failed_to_queue_is_made_all_the_same(
+    tmp_path: Path, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_company_properties(fake)
+    service = Service(load_config(companies_config(tmp_path, fake, with_csv=False)))
+    await service.start()
+    try:
+        await send(service, "contact-created", contact(1, companyId=company_id(1)))
+        await drained(tmp_path / "connector.db")  # written, and waiting for its company
+        asked: list[Relink] = []
+        relink = SQLiteStore.relink
+
+        async def failing_once(store: SQLiteStore, target: str, links: Relink) -> int:
+            asked.append(links)
+            if len(asked) == 1:
+                raise sqlite3.OperationalError("disk I/O error")
+            return await relink(store, target, links)
+
+        monkeypatch.setattr(SQLiteStore, "relink", failing_once)
+        await send(service, "company-created", company(1))
+        # The company's push could not queue its contact; the next claim looks at every one.
+        await eventually(lambda: linked_companies(fake, 1) == {company_id(1)})
+        assert asked[0].companies == [company_id(1)] and asked[1].companies is None
+    finally:
+        await service.stop()
