@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
+# `make run` listens on this machine only; `make run HOST=0.0.0.0` to reach it from elsewhere.
+HOST ?= 127.0.0.1
 
 # Exact versions and hashes of every dependency (Linux, Python 3.11: the image's), installed
 # before the project itself with --no-deps, so every venv and image gets the same set.
@@ -12,7 +14,7 @@ DEV_LOCK := requirements-dev.lock
 .PHONY: run test test-fast lint clean audit lock
 
 run: $(VENV)/.installed-run
-	$(BIN)/mimeeq-connector serve --config $(CONFIG)
+	$(BIN)/mimeeq-connector serve --config $(CONFIG) --host $(HOST)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import io
 import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from pydantic import Field, field_validator, model_validator
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
@@ -29,6 +30,7 @@ from connector.adapter import (
     ConfigPath,
     ObjectType,
     Record,
+    RequestPreview,
     TargetContext,
     TargetSettings,
 )
@@ -183,9 +185,7 @@ class CsvAdapter(Adapter[CsvSettings]):
                 known = sheet.rows.pop(key, None) is not None
                 outcomes.append(Delivered() if known else Delivered(note="not in file"))
             else:
-                fields = record.fields
-                cells = (_escaped(_text(fields.get(c))) for c in sheet.columns[1:])
-                sheet.rows[key] = [key, *cells]
+                sheet.rows[key] = _row(sheet, key, record)
                 outcomes.append(Delivered())
         errors = await self._flush()
         failed = [errors.get(r.object_type) for r in records]
@@ -197,6 +197,21 @@ class CsvAdapter(Adapter[CsvSettings]):
             Retry(error) if error and not isinstance(o, Dead) else o
             for o, error in zip(outcomes, failed, strict=True)
         ]
+
+    def describe_request(self, record: Record) -> list[RequestPreview]:
+        sheet = self._sheets.get(record.object_type)
+        if sheet is None:
+            return [RequestPreview(note="this target has no companies_path: nothing written")]
+        key = _escaped(record.contact_id)
+        path = str(sheet.path)
+        if not key:
+            return [RequestPreview(note=f"empty {record.object_type} id: nothing written")]
+        if record.op == "delete":
+            return [RequestPreview(path=path, note=f"the file is rewritten without row {key}")]
+        # The header and this row as the rewrite writes them; the file's other rows stay.
+        text = io.StringIO(newline="")
+        _write_rows(text, self.settings.delimiter, sheet.columns, [_row(sheet, key, record)])
+        return [RequestPreview(path=path, text=text.getvalue())]
 
     async def _flush(self) -> dict[ObjectType, str]:
         """Wait for a rewrite that includes every change applied so far; the files it could not
@@ -252,9 +267,7 @@ class CsvAdapter(Adapter[CsvSettings]):
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with tmp.open("x", encoding="utf-8", newline="") as f:
-                writer = csv.writer(f, delimiter=self.settings.delimiter)
-                writer.writerow(sheet.columns)
-                writer.writerows(rows)
+                _write_rows(f, self.settings.delimiter, sheet.columns, rows)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -278,6 +291,18 @@ class CsvAdapter(Adapter[CsvSettings]):
             return {}
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise ConfigError(f"{path}: cannot read the CSV file: {exc}") from exc
+
+
+def _row(sheet: _Sheet, key: str, record: Record) -> list[str]:
+    """A record's row: its (escaped) key, then each column's cell."""
+    fields = record.fields
+    return [key, *(_escaped(_text(fields.get(c))) for c in sheet.columns[1:])]
+
+
+def _write_rows(f: TextIO, delimiter: str, columns: list[str], rows: list[list[str]]) -> None:
+    writer = csv.writer(f, delimiter=delimiter)
+    writer.writerow(columns)
+    writer.writerows(rows)
 
 
 def _columns(key: str, fields: Sequence[str]) -> list[str]:

@@ -133,6 +133,21 @@ class Record:
         return {k: v for k, v in self.fields.items() if k not in self.unchanged}
 
 
+@dataclass(frozen=True, slots=True)
+class RequestPreview:
+    """One request a target would make for a record, shown by ``map --request`` and never sent:
+    an HTTP call (``method``, ``url``, ``headers`` with secrets masked, JSON ``body``) or a file
+    write (``path``, ``text``). ``note`` says when it is made, or alone, why nothing is."""
+
+    method: str | None = None
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+    path: str | None = None
+    text: str | None = None
+    note: str | None = None
+
+
 @dataclass(slots=True)
 class ClaimHold:
     """Until when (wall clock) the worker's claim on the records being pushed surely holds.
@@ -217,6 +232,11 @@ class Adapter(ABC, Generic[SettingsT]):
 
     async def close(self) -> None:
         """Release what ``open`` took. Called once, after the last push."""
+
+    def describe_request(self, record: Record) -> list[RequestPreview]:
+        """The requests a push of this record alone would make, without making them (nor any
+        other call): for ``map --request``. Optional: targets without it say so there."""
+        raise NotImplementedError("this target cannot show its requests")
 
     @abstractmethod
     async def push(self, records: Sequence[Record]) -> Sequence[Outcome]:

@@ -172,7 +172,7 @@ def _normal(header: str) -> str:
     return re.sub(r"[^a-z0-9]", "", header.lower())
 
 
-def _is_json_lines(path: Path) -> bool:
+def is_json_lines(path: Path) -> bool:
     return path.suffix.lower() in (".jsonl", ".ndjson", ".json")
 
 
@@ -189,7 +189,7 @@ def read_rows(
 
     ``max_line_bytes``: a JSON line longer than this is refused, as a webhook body would be.
     """
-    if _is_json_lines(path):
+    if is_json_lines(path):
         yield from _json_lines(path, customer_id, KINDS[kind], max_line_bytes)
     else:
         yield from _csv_rows(path, customer_id, settings, kind)
@@ -199,7 +199,7 @@ def file_headers(path: Path, settings: ImportSettings, *, max_line_bytes: int) -
     """The header of a CSV file, or the keys of a JSON-lines file's first object: what tells
     the kind of records it holds. None when it cannot be read: ``read_rows`` says why."""
     try:
-        if _is_json_lines(path):
+        if is_json_lines(path):
             with path.open("rb") as f:
                 while raw := f.readline(max_line_bytes + 1):
                     if raw.strip():

@@ -7,13 +7,12 @@ message: errors name the key, never the value.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -36,15 +35,19 @@ from connector.adapter import (
     adapter_class,
 )
 from connector.backfill import ImportSettings
+from connector.checks import SHAPES, path_checker
 from connector.errors import ConfigError
 from connector.keys import TargetKey, target_key
-from connector.mapping import FieldMapping, StrictYamlLoader, load_mapping
+from connector.mapping import FieldMapping, StrictYamlLoader, key_lines, load_mapping
 from connector.ratelimit import LimiterFactory, shared_limiter
 from connector.store.url import PostgresUrl, parse_store_url
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
 DEFAULT_CONFIG = "config.yaml"
+
+# The webhook token config.example.yaml falls back to: published, so for trying things out only.
+DEMO_TOKEN = "demo-token-change-me"  # noqa: S105 - known so that it can be warned about
 
 
 class ServerSettings(BaseModel):
@@ -95,6 +98,8 @@ class StoreSettings(BaseModel):
 
 
 def _long_enough(token: SecretStr) -> SecretStr:
+    if not token.get_secret_value():
+        raise ValueError("is empty: a secret must be set")
     if len(token.get_secret_value()) < 16:
         raise ValueError("use at least 16 characters")  # never echo the value itself
     return token
@@ -202,7 +207,13 @@ def default_config_path() -> Path:
     return Path(os.environ.get("CONNECTOR_CONFIG") or DEFAULT_CONFIG)
 
 
-def load_config(path: Path | str) -> Config:
+# What a command needs loaded: "store" (read-only commands: server and store settings, and the
+# tenants' and targets' names, so that targets can be named; no secrets, no mappings), "targets"
+# (everything), "check" (everything, and mapping paths checked against the payload schemas).
+Need = Literal["store", "targets", "check"]
+
+
+def load_config(path: Path | str, *, need: Need = "targets") -> Config:
     """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
     path = Path(path).absolute()
     try:
@@ -219,6 +230,8 @@ def load_config(path: Path | str) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
 
+    if need == "store":
+        return _load_store_config(path, raw, reporter)
     data = _interpolate(raw, (), reporter)
     root: RootSettings | None = None
     try:
@@ -239,7 +252,7 @@ def load_config(path: Path | str) -> Config:
             if not re.match(SLUG, str(name)):
                 reporter.add(loc, "target names are lower-case letters, digits, - and _")
             if isinstance(options, dict):
-                target = _load_target(slug, name, options, path, loc, reporter)
+                target = _load_target(slug, name, options, path, loc, reporter, need)
                 if target is not None:
                     targets.setdefault(slug, {})[name] = target
     if reporter.problems or root is None:
@@ -266,6 +279,7 @@ def _load_target(
     path: Path,
     loc: tuple[str | int, ...],
     reporter: _Reporter,
+    need: Need = "targets",
 ) -> Target | None:
     type_name = options.get("type")
     if not isinstance(type_name, str):
@@ -280,22 +294,34 @@ def _load_target(
         settings = cls.settings_model.model_validate(options, context={"base_dir": path.parent})
     except ValidationError as exc:
         reporter.pydantic(exc, loc)
-        return None
+        settings = None  # its mappings are still read: one run of `check` lists everything
+    _refuse_empty_secrets(settings, loc, reporter)
     mappings: dict[str, FieldMapping | None] = {"mapping": None, "company_mapping": None}
     for key in mappings:
-        source = getattr(settings, key)
-        if source is None:
-            continue
+        source = options.get(key)
+        if not isinstance(source, str | dict):
+            continue  # absent, or not a mapping (validation said so)
         if key == "company_mapping" and not cls.takes_companies:
             reporter.add((*loc, key), f"a {type_name} target does not take companies")
             continue
+        if reporter.is_unset((*loc, key)):
+            continue  # said once: its variable is not set
+        if isinstance(source, str) and not (path.parent / source).is_file():
+            looked = (path.parent / source).resolve()
+            reporter.add((*loc, key), f"mapping file not found: looked for {looked}")
+            continue
         origin = f"{path.name}: {'.'.join(map(str, (*loc, key)))}"
+        check = path_checker(SHAPES[key]) if need == "check" else None
+        located = (str(path), ".".join(map(str, (*loc, key))), reporter.lines_under((*loc, key)))
         try:
-            mappings[key] = load_mapping(source, path.parent, origin=origin)
+            mappings[key] = load_mapping(
+                source, path.parent, origin=origin, check_path=check, located=located
+            )
         except ConfigError as exc:
             reporter.problems.extend(exc.problems)
     mapping, company_mapping = mappings["mapping"], mappings["company_mapping"]
-    if mapping is None or (settings.company_mapping is not None and company_mapping is None):
+    wants_companies = settings is not None and settings.company_mapping is not None
+    if settings is None or mapping is None or (wants_companies and company_mapping is None):
         return None  # its problems are reported
     return Target(
         tenant=tenant,
@@ -305,6 +331,70 @@ def _load_target(
         mapping=mapping,
         company_mapping=company_mapping,
     )
+
+
+def _refuse_empty_secrets(value: Any, loc: tuple[str | int, ...], reporter: _Reporter) -> None:
+    """A secret set to "" (often a variable set but left empty) would only be refused later, by
+    the target, on every push: say so now, naming the key."""
+    if isinstance(value, SecretStr):
+        if not value.get_secret_value() and not reporter.is_unset(loc):
+            reporter.add(loc, "is empty: a secret must be set")
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            _refuse_empty_secrets(getattr(value, name), (*loc, info.alias or name), reporter)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_empty_secrets(item, (*loc, key), reporter)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_empty_secrets(item, (*loc, i), reporter)
+
+
+class _StoreRoot(BaseModel):
+    """The settings read-only commands validate: tenants are only read for their targets' names."""
+
+    model_config = ConfigDict(extra="forbid")
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    tenants: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+def _load_store_config(path: Path, raw: dict[str, Any], reporter: _Reporter) -> Config:
+    """The config of a read-only command (status, dlq list, trace...): server and store settings,
+    and targets by name only. Target options (secrets, mappings) and webhook tokens are neither
+    interpolated nor validated, so an unset HUBSPOT_TOKEN does not stop `status`."""
+    data = {k: _interpolate(v, (k,), reporter) if k in ("server", "store") else v
+            for k, v in raw.items()}  # fmt: skip
+    root: _StoreRoot | None = None
+    try:
+        root = _StoreRoot.model_validate(data)
+    except ValidationError as exc:
+        reporter.pydantic(exc, ())
+    tenants: dict[str, Tenant] = {}
+    for slug, tenant in (root.tenants if root else {}).items():
+        if not re.match(SLUG, str(slug)):
+            reporter.add(("tenants", slug), "tenant names are lower-case letters, digits, - and _")
+        targets: dict[str, Target] = {}
+        raw_targets = tenant.get("targets")
+        for name, options in (raw_targets if isinstance(raw_targets, dict) else {}).items():
+            if not re.match(SLUG, str(name)):
+                reporter.add(("tenants", slug, "targets", name),
+                             "target names are lower-case letters, digits, - and _")  # fmt: skip
+            options = options if isinstance(options, dict) else {}
+            type_name = str(options.get("type"))
+            try:
+                cls = adapter_class(type_name)
+            except ConfigError:  # a plugin missing here need not stop a read-only command
+                cls = adapter_class("null")
+            settings = TargetSettings.model_construct(
+                type=type_name, mapping="", enabled=options.get("enabled") is not False
+            )
+            targets[name] = Target(slug, name, settings, cls, FieldMapping("(not loaded)", []))
+        customer_id = str(tenant.get("customer_id", ""))
+        tenants[slug] = Tenant(slug, customer_id, auth_header="", tokens=(), targets=targets)
+    if reporter.problems or root is None:
+        raise ConfigError(reporter.problems)
+    return Config(path=path, server=root.server, store=root.store, tenants=tenants)
 
 
 def _interpolate(value: Any, loc: tuple[str | int, ...], reporter: _Reporter) -> Any:
@@ -324,8 +414,11 @@ def _interpolate(value: Any, loc: tuple[str | int, ...], reporter: _Reporter) ->
         if found is None or (found == "" and default is not None):
             if default is None:
                 reporter.add(loc, f"environment variable {name} is not set")
+                reporter.unset.append(loc)
                 return ""
             return default
+        if found == "":
+            reporter.empty[loc] = name  # a secret left empty is refused, naming the variable
         return found
 
     return ENV_VAR.sub(substitute, value)
@@ -337,22 +430,27 @@ class _Reporter:
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
         self.problems: list[str] = []
-        self._lines: dict[tuple[str | int, ...], int] = {}
-        with contextlib.suppress(yaml.YAMLError):  # reported by the caller's own parse
-            self._index(yaml.compose(text, Loader=yaml.SafeLoader), ())
+        self._lines = key_lines(text)
+        self.unset: list[tuple[str | int, ...]] = []  # keys whose ${VAR} is not set: said once
+        self.empty: dict[tuple[str | int, ...], str] = {}  # keys whose ${VAR} is set but empty
 
-    def _index(self, node: yaml.Node | None, loc: tuple[str | int, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                sub = (*loc, key.value)
-                self._lines[sub] = key.start_mark.line + 1
-                self._index(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._lines[(*loc, i)] = item.start_mark.line + 1
-                self._index(item, (*loc, i))
+    def lines_under(self, loc: tuple[str | int, ...]) -> dict[tuple[str | int, ...], int]:
+        """The lines of the keys under ``loc``, by their path from there (an inline mapping's)."""
+        return {k[len(loc) :]: n for k, n in self._lines.items() if k[: len(loc)] == loc}
+
+    def is_unset(self, loc: tuple[str | int, ...]) -> bool:
+        """Whether ``loc`` (pydantic's, which may hold a union's tag) is a key already reported
+        for an unset variable: its empty value's validation error would say it twice."""
+
+        def within(key: tuple[str | int, ...]) -> bool:
+            parts = iter(loc)
+            return all(any(part == want for part in parts) for want in key)
+
+        return any(within(key) for key in self.unset)
 
     def add(self, loc: tuple[str | int, ...], problem: str) -> None:
+        if loc in self.empty:
+            problem += f" (environment variable {self.empty[loc]} is set but empty)"
         line = None
         for depth in range(len(loc), 0, -1):  # the closest key that exists in the file
             line = self._lines.get(tuple(loc[:depth]))
@@ -364,6 +462,8 @@ class _Reporter:
 
     def pydantic(self, exc: ValidationError, prefix: tuple[str | int, ...]) -> None:
         for error in exc.errors(include_input=False, include_url=False):
+            if self.is_unset((*prefix, *error["loc"])):
+                continue
             problem = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 problem = "unknown key"

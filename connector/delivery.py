@@ -310,6 +310,8 @@ class TargetWorker:
         elif state.paused_by == "operator" or self.paused_reason is None:
             # An operator's pause holds until resumed; the target's own (left by an earlier
             # run) is probed at once.
+            if state.paused_by == "operator" and self.paused_by != "operator":
+                self._log.info("target paused by an operator", reason=state.paused_reason)
             self.paused_reason, self.paused_by = state.paused_reason, state.paused_by
 
     async def _wait_while_paused(self) -> bool:

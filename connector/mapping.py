@@ -39,13 +39,15 @@ default       the value when the result is missing (used as written, never trans
 
 "Missing" means null, "" or []: a missing field is left out of the record unless it has a
 ``default``. Transforms that work on text (trim, phone, country, case, max_length) leave other
-values unchanged. Everything compiles once at load: a bad file raises ``MappingError`` naming the
-file, the field and the problem; at run time ``apply`` raises only ``RecordMappingError``.
+values unchanged. Everything compiles once at load: a bad file raises one ``MappingError`` whose
+``problems`` name, for every field at fault, the file, line, field and problem; at run time
+``apply`` raises only ``RecordMappingError``.
 """
 
 from __future__ import annotations
 
 import collections.abc as cabc
+import contextlib
 import copy
 import difflib
 import functools
@@ -120,31 +122,106 @@ class FieldMapping:
 
 
 def load_mapping(
-    spec: str | Path | dict[str, Any], base_dir: Path, *, origin: str = "mapping"
+    spec: str | Path | dict[str, Any],
+    base_dir: Path,
+    *,
+    origin: str = "mapping",
+    check_path: cabc.Callable[[str], list[str]] | None = None,
+    located: tuple[str, str, _Lines] | None = None,
 ) -> FieldMapping:
     """Load and compile a mapping file (``spec`` a path, relative to ``base_dir``) or an inline
     mapping (``spec`` a dict whose ``extends`` is relative to ``base_dir``; ``origin`` labels it
-    in errors)."""
-    if isinstance(spec, dict):
-        source = f"{origin} (inline)"
-        fields = _resolve(spec, source, base_dir, "", ())
-    else:
-        source = str(spec)
-        path = Path(spec)
-        fields = _load_file(path if path.is_absolute() else base_dir / path, source, ())
-    if not fields:
-        raise MappingError(source, None, "the mapping defines no fields")
+    in errors). Every field is compiled even after one fails, so the MappingError raised lists
+    every problem (``problems``), each as ``file:line: fields.name: problem``. ``check_path``
+    returns the problems of one ``from`` expression (``check``: fields the payload never has).
+    ``located`` is where an inline mapping is: (file, key, lines of its keys under that key)."""
+    problems: list[MappingError] = []
+    fields: _Fields = {}
+    source = f"{origin} (inline)" if isinstance(spec, dict) else str(spec)
+    inline = isinstance(spec, dict) and located is not None
+    file, key, lines = located if located and inline else (None, "", {})
+    try:
+        if isinstance(spec, dict):
+            fields = _resolve(spec, source, base_dir, "", (), lines, problems, (file, key))
+        else:
+            path = Path(spec)
+            fields = _load_file(path if path.is_absolute() else base_dir / path, source, (),
+                                problems)  # fmt: skip
+        if not fields and not problems:
+            raise MappingError(source, None, "the mapping defines no fields")
+    except MappingError as exc:  # the file as a whole is unusable: its fields cannot be known
+        problems.append(exc)
     steps = []
-    for name, (field_source, field_spec) in fields.items():
-        get, keep = _compile_field(field_source, name, field_spec)
+    for name, (field_source, field_spec, line) in fields.items():
+        at = (file, key) if field_source == source else (None, "")
+        try:
+            get, keep = _compile_field(field_source, name, field_spec)
+        except MappingError as exc:
+            problems.append(_Located(field_source, name, exc.problem, line, at))
+            continue
         steps.append((name, get, keep))
+        expression = field_spec if isinstance(field_spec, str) else field_spec.get("from")
+        for problem in check_path(expression) if check_path else ():
+            problems.append(_Located(field_source, name, problem, line, at))
+    if problems:
+        raise _Problems(problems)
     return FieldMapping(source, steps)
+
+
+class _Located(MappingError):
+    """A MappingError that names the line of its file, when it is known."""
+
+    def __init__(
+        self,
+        source: str,
+        field: str | None,
+        problem: str,
+        line: int | None,
+        at: tuple[str | None, str] = (None, ""),  # an inline mapping's file and key
+    ) -> None:
+        super().__init__(source, field, problem)
+        self.line = line
+        if line is not None:
+            file, key = at
+            keys = ".".join(part for part in (key, f"fields.{field}" if field else "") if part)
+            self.problems = [": ".join(p for p in (f"{file or source}:{line}", keys, problem) if p)]
+            self.args = (self.problems[0],)
+
+
+class _Problems(MappingError):
+    """Every problem of a mapping; its attributes are the first one's (one error, one line)."""
+
+    def __init__(self, errors: list[MappingError]) -> None:
+        first = errors[0]
+        super().__init__(first.source, first.field, first.problem)
+        self.problems = [problem for error in errors for problem in error.problems]
+        self.args = ("\n".join(self.problems),)
+
+
+def key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """The line (1-based) of every key and list item of a YAML document, by its path."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def index(node: yaml.Node | None, loc: tuple[str | int, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*loc, key.value)] = key.start_mark.line + 1
+                index(value, (*loc, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*loc, i)] = item.start_mark.line + 1
+                index(item, (*loc, i))
+
+    with contextlib.suppress(yaml.YAMLError):  # the caller's own parse reports it
+        index(yaml.compose(text, Loader=yaml.SafeLoader), ())
+    return lines
 
 
 # --- Loading files, extends -------------------------------------------------------------------
 
-_Fields = dict[str, tuple[str, Any]]  # field -> (file that defines it, its raw spec)
+_Fields = dict[str, tuple[str, Any, int | None]]  # field -> (file defining it, raw spec, line)
 _Chain = tuple[tuple[Path, str], ...]  # files being loaded: (resolved path, label)
+_Lines = dict[tuple[str | int, ...], int]
 
 
 class StrictYamlLoader(yaml.SafeLoader):
@@ -174,7 +251,7 @@ StrictYamlLoader.add_implicit_resolver(
 )
 
 
-def _load_file(path: Path, source: str, chain: _Chain) -> _Fields:
+def _load_file(path: Path, source: str, chain: _Chain, problems: list[MappingError]) -> _Fields:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -193,21 +270,37 @@ def _load_file(path: Path, source: str, chain: _Chain) -> _Fields:
     finally:
         loader.dispose()
     label_dir = os.path.dirname(source)
-    return _resolve(document, source, path.parent, label_dir, (*chain, (path.resolve(), source)))
+    chain = (*chain, (path.resolve(), source))
+    return _resolve(document, source, path.parent, label_dir, chain, key_lines(text), problems)
 
 
-def _resolve(document: Any, source: str, base_dir: Path, label_dir: str, chain: _Chain) -> _Fields:
-    """The fields of one mapping document, with whatever it extends merged underneath."""
+def _resolve(
+    document: Any,
+    source: str,
+    base_dir: Path,
+    label_dir: str,
+    chain: _Chain,
+    lines: _Lines,
+    problems: list[MappingError],
+    at: tuple[str | None, str] = (None, ""),
+) -> _Fields:
+    """The fields of one mapping document, with whatever it extends merged underneath. Problems
+    that leave the fields knowable are collected in ``problems``; the others are raised."""
+
+    def report(loc: tuple[str, ...], field: str | None, problem: str) -> None:
+        problems.append(_Located(source, field, problem, lines.get(loc), at))
+
     if not isinstance(document, dict):
         got = "an empty file" if document is None else _type_name(document)
         raise MappingError(source, None, f"expected a mapping with a 'fields' key, got {got}")
     for key in document:
         if key not in _TOP_LEVEL:
-            raise MappingError(
-                source, None, f"unknown top-level key {key!r} (allowed: {', '.join(_TOP_LEVEL)})"
-            )
+            close = difflib.get_close_matches(str(key), _TOP_LEVEL, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            allowed = ", ".join(_TOP_LEVEL)
+            report((key,), None, f"unknown top-level key {key!r} (allowed: {allowed}){hint}")
     if not isinstance(document.get("description") or "", str):
-        raise MappingError(source, None, "'description' must be text")
+        report(("description",), None, "'description' must be text")
     extends, fields = document.get("extends"), document.get("fields")
 
     merged: _Fields = {}
@@ -221,8 +314,9 @@ def _resolve(document: Any, source: str, base_dir: Path, label_dir: str, chain: 
             cycle = " -> ".join([*(name for _, name in chain), label])
             raise MappingError(source, None, f"'extends' makes a cycle: {cycle}")
         if not target.is_file():
-            raise MappingError(source, None, f"'extends' file not found: {label}")
-        merged = _load_file(target, label, chain)
+            problem = f"'extends' file not found: {label} (looked for {resolved})"
+            raise _Located(source, None, problem, lines.get(("extends",)), at)
+        merged = _load_file(target, label, chain, problems)
     elif fields is None:
         raise MappingError(source, None, "no 'fields' given")
 
@@ -231,15 +325,17 @@ def _resolve(document: Any, source: str, base_dir: Path, label_dir: str, chain: 
     if not isinstance(fields, dict):
         raise MappingError(source, None, f"'fields' must be a mapping, got {_type_name(fields)}")
     for name, spec in fields.items():
+        line = lines.get(("fields", name))
         if not isinstance(name, str) or not name.strip():
-            raise MappingError(source, None, f"fields: names must be non-empty text, got {name!r}")
-        if spec is not None:
-            merged[name] = (source, spec)  # an override keeps the inherited field's position
+            problem = f"fields: names must be non-empty text, got {name!r}"
+            problems.append(_Located(source, None, problem, line, at))
+        elif spec is not None:
+            merged[name] = (source, spec, line)  # an override keeps the inherited field's place
         elif name in merged:
             del merged[name]
         else:
             problem = "null removes an inherited field, but no extended mapping defines it"
-            raise MappingError(source, name, problem)
+            problems.append(_Located(source, name, problem, line, at))
     return merged
 
 
@@ -545,3 +641,20 @@ def _is_json(value: Any) -> bool:
 def _type_name(value: Any) -> str:
     names = {dict: "object", list: "list", str: "text", bool: "boolean", int: "number"}
     return names.get(type(value), "number" if isinstance(value, float) else type(value).__name__)
+
+
+def field_options(spec: str | Path | dict[str, Any], base_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each field's options as written (``extends`` merged; a bare expression as ``{from: ...}``),
+    for tools that look at the values a field can take (``hubspot check``: its map, default,
+    value). ``spec`` and ``base_dir`` as for ``load_mapping``, which is what reports problems."""
+    problems: list[MappingError] = []
+    if isinstance(spec, dict):
+        fields = _resolve(spec, "mapping (inline)", base_dir, "", (), {}, problems)
+    else:
+        path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
+        fields = _load_file(path, str(spec), (), problems)
+    return {
+        name: copy.deepcopy({"from": raw} if isinstance(raw, str) else raw)
+        for name, (_, raw, _) in fields.items()
+        if isinstance(raw, str | dict)
+    }

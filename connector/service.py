@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from connector.config import Config, Target, load_config
+from connector.config import DEMO_TOKEN, Config, Target, load_config
 from connector.delivery import TargetWorker
 from connector.errors import ConfigError
 from connector.health import StoreHealth, describe_error
@@ -126,10 +126,24 @@ class Service:
         self.accepting = True
         log.info(
             "connector ready",
-            listen=f"http://{host or server.host}:{self.port}",
+            listen=f"http://{listen_host}:{self.port}",
             tenants=len(self.config.tenants),
             targets=len(self.workers),
         )
+        self._warn_of_demo_token(listen_host)
+
+    def _warn_of_demo_token(self, host: str) -> None:
+        """The published demo token lets anyone who can reach the port post webhooks."""
+        for tenant in self.config.tenants.values():
+            if DEMO_TOKEN.encode() in tenant.tokens:
+                local = host in ("127.0.0.1", "::1", "localhost")
+                log.warning(
+                    "THE PUBLISHED DEMO WEBHOOK TOKEN IS IN USE: anyone who can reach "
+                    + ("this machine" if local else f"{host}:{self.port}")
+                    + " can post webhooks for this tenant; set a long random token "
+                    "(e.g. DEMO_WEBHOOK_TOKEN for config.example.yaml) before real use",
+                    tenant=tenant.slug,
+                )
 
     def _intake(self) -> Intake:
         # Looked up on each call, not bound once: the config reloads, and tests replace methods.

@@ -53,5 +53,13 @@ from __future__ import annotations
 
 from adapters.hubspot.adapter import HubSpotAdapter
 from adapters.hubspot.api import HubSpotApi, HubSpotSettings, RateLimit, hubspot_value
+from adapters.hubspot.check import Finding
 
-__all__ = ["HubSpotAdapter", "HubSpotApi", "HubSpotSettings", "RateLimit", "hubspot_value"]
+__all__ = [
+    "Finding",
+    "HubSpotAdapter",
+    "HubSpotApi",
+    "HubSpotSettings",
+    "RateLimit",
+    "hubspot_value",
+]

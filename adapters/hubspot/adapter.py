@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
@@ -19,8 +19,9 @@ from adapters.hubspot.api import (
     hubspot_value,
     log,
 )
+from adapters.hubspot.check import _Check
 from adapters.hubspot.setup import _describe, _existing_id, _Setup, _with_options
-from connector.adapter import Adapter, ObjectType, Record, TargetContext
+from connector.adapter import Adapter, ObjectType, Record, RequestPreview, TargetContext
 from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
 
 
@@ -47,7 +48,7 @@ class _Found:
     adopt: dict[int, str] = field(default_factory=dict)
 
 
-class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
+class HubSpotAdapter(_Check, _Setup, Adapter[HubSpotSettings]):
     type = "hubspot"
     settings_model = HubSpotSettings
     takes_companies = True
@@ -127,7 +128,6 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         upserts: list[_Upsert] = []
         linking: list[_Upsert] = []  # nothing to write, only the company link to make
         kind = self._kinds[items[0][1].object_type]
-        id_property = kind.id_property
         for index, record in items:
             whole = record.contact_id in self._half_filled
             properties = self._encode(record.fields if whole else record.changes)
@@ -136,15 +136,11 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
                 outcomes[index] = Delivered(remote_id=record.remote_id)
                 linking.append(_Upsert(index, record, record.remote_id, properties))
                 continue
-            if id_property == "email":
-                key = hubspot_value(record.fields.get("email")).strip()
-                if not key:
-                    outcomes[index] = Dead("no e-mail address: this target upserts by email")
-                    continue
+            upsert = self._keyed(index, record, properties, kind, whole)
+            if isinstance(upsert, Dead):
+                outcomes[index] = upsert
             else:
-                key = properties[id_property] = record.contact_id
-            partial = bool(record.unchanged) and not whole
-            upserts.append(_Upsert(index, record, key, properties, partial))
+                upserts.append(upsert)
         if upserts:
             await self._write(upserts, outcomes, kind)
         # HubSpot created an object that got only the changes: someone deleted it in HubSpot.
@@ -173,6 +169,29 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
             await self._associate(linking + delivered, outcomes)
         return outcomes
 
+    @staticmethod
+    def _keyed(
+        index: int, record: Record, properties: dict[str, str], kind: _Kind, whole: bool
+    ) -> _Upsert | Dead:
+        """The upsert of a record's properties, keyed by the id property (set among them)."""
+        if kind.id_property == "email":
+            key = hubspot_value(record.fields.get("email")).strip()
+            if not key:
+                return Dead("no e-mail address: this target upserts by email")
+        else:
+            key = properties[kind.id_property] = record.contact_id
+        partial = bool(record.unchanged) and not whole
+        return _Upsert(index, record, key, properties, partial)
+
+    @staticmethod
+    def _upsert_body(batch: list[_Upsert], kind: _Kind) -> dict[str, Any]:
+        return {
+            "inputs": [
+                {"id": u.key, "idProperty": kind.id_property, "properties": u.properties}
+                for u in batch
+            ]
+        }
+
     async def _write(
         self, upserts: list[_Upsert], outcomes: dict[int, Outcome], kind: _Kind
     ) -> None:
@@ -184,13 +203,7 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
 
     async def _upsert_batch(self, batch: list[_Upsert], found: _Found) -> None:
         kind = found.kind
-        body = {
-            "inputs": [
-                {"id": u.key, "idProperty": kind.id_property, "properties": u.properties}
-                for u in batch
-            ]
-        }
-        answer = await self.api.call(kind.batch.upsert, body)
+        answer = await self.api.call(kind.batch.upsert, self._upsert_body(batch, kind))
         if answer.status == 409 and kind.object_type == "contacts":
             await self._resolve_conflict(batch, answer, found)
             return
@@ -444,19 +457,22 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         as :meth:`_Kind.norm` gives it): only those found."""
         hits: dict[str, str] = {}
         for chunk in chunks(keys, MAX_INPUTS):
-            body = {
-                "idProperty": kind.id_property,
-                "inputs": [{"id": key} for key in chunk],
-                "properties": [kind.id_property],
-                "propertiesWithHistory": [],
-            }
-            answer = await self.api.call(kind.batch.read, body)
+            answer = await self.api.call(kind.batch.read, self._read_body(kind, chunk))
             if answer.status >= 400 and answer.status != 404:
                 raise Undelivered(Retry(_describe(answer)))
             for r in answer.results:
                 key = kind.norm(str((r.get("properties") or {}).get(kind.id_property)))
                 hits[key] = str(r.get("id"))
         return hits
+
+    @staticmethod
+    def _read_body(kind: _Kind, keys: Sequence[str]) -> dict[str, Any]:
+        return {
+            "idProperty": kind.id_property,
+            "inputs": [{"id": key} for key in keys],
+            "properties": [kind.id_property],
+            "propertiesWithHistory": [],
+        }
 
     # --- deletes -----------------------------------------------------------------------------
 
@@ -472,9 +488,7 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
         outcomes: dict[int, Outcome] = {}
         hubspot_ids = await self._find(items, outcomes, kind)
         if hubspot_ids:
-            answer = await self.api.call(
-                kind.batch.archive, {"inputs": [{"id": h} for h in hubspot_ids.values()]}
-            )
+            answer = await self.api.call(kind.batch.archive, _archive_body(hubspot_ids.values()))
             for i, hs_id in hubspot_ids.items():
                 outcomes[i] = (
                     Delivered(remote_id=hs_id, note="archived")
@@ -515,15 +529,18 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
             return record.contact_id
         return str(record.fields.get("email") or record.email or "") or None
 
-    async def _gdpr_delete(self, record: Record) -> Outcome:
-        kind = self._kinds["contact"]
+    def _purge_body(self, record: Record) -> dict[str, str] | None:
+        """The GDPR delete's body: by HubSpot id, else by the id property (None: no key)."""
         if record.remote_id:
-            body: dict[str, str] = {"objectId": record.remote_id}
-        else:
-            key = self._delete_key(record, kind)
-            if key is None:
-                return Delivered(note="no e-mail to find it by: nothing to delete")
-            body = {"objectId": key, "idProperty": kind.id_property}
+            return {"objectId": record.remote_id}
+        kind = self._kinds["contact"]
+        key = self._delete_key(record, kind)
+        return None if key is None else {"objectId": key, "idProperty": kind.id_property}
+
+    async def _gdpr_delete(self, record: Record) -> Outcome:
+        body = self._purge_body(record)
+        if body is None:
+            return Delivered(note="no e-mail to find it by: nothing to delete")
         answer = await self.api.call(self.api.contacts_basic.purge, body)
         if answer.status < 300:
             return Delivered(remote_id=record.remote_id, note="GDPR-deleted")
@@ -531,4 +548,60 @@ class HubSpotAdapter(_Setup, Adapter[HubSpotSettings]):
             return Delivered(note="not in HubSpot: nothing to delete")
         return Dead(_describe(answer))
 
+    # --- map --request ------------------------------------------------------------------------
+
+    def describe_request(self, record: Record) -> list[RequestPreview]:
+        """The calls of ``push`` for this record alone in a new process: built by the same code,
+        never sent. Ids only HubSpot's answers give are shown as ``{hubspot_id}``."""
+        kind = self._kinds[record.object_type]
+        if record.op == "delete":
+            return self._describe_delete(record, kind)
+        properties = self._encode(record.changes)
+        properties.update(dict.fromkeys(record.cleared, ""))
+        upsert = self._keyed(0, record, properties, kind, whole=False)
+        if isinstance(upsert, Dead):
+            return [RequestPreview(note=upsert.reason)]
+        build = self.api.build
+        # A new process knows no options yet: _ensure_options reads them first.
+        previews = [
+            build(self.api.properties.get_by_name, kind.object_type, name).preview(
+                f"first: the options of {name}, to add the values HubSpot lacks (PATCH)"
+            )
+            for name in self.settings.auto_options
+            if properties.get(name)
+        ]
+        previews.append(build(kind.batch.upsert, self._upsert_body([upsert], kind)).preview())
+        if kind.object_type == "contacts" and self.associates_companies and record.company_id:
+            note = (
+                f"then: link the contact to company {record.company_id}, found by "
+                f"{self.settings.company_id_property} (batch/read, associations)"
+            )
+            previews.append(RequestPreview(note=note))
+        return previews
+
+    def _describe_delete(self, record: Record, kind: _Kind) -> list[RequestPreview]:
+        build = self.api.build
+        if self.settings.on_delete == "ignore":
+            return [RequestPreview(note="on_delete is ignore: left in HubSpot")]
+        if self.settings.on_delete == "gdpr_delete" and kind.object_type == "contacts":
+            body = self._purge_body(record)
+            if body is None:
+                return [RequestPreview(note="no e-mail to find it by: nothing to delete")]
+            return [build(self.api.contacts_basic.purge, body).preview("GDPR delete")]
+        if record.remote_id:
+            return [build(kind.batch.archive, _archive_body([record.remote_id])).preview()]
+        key = self._delete_key(record, kind)
+        if key is None:
+            return [RequestPreview(note="no e-mail to find it by: nothing to delete")]
+        read = build(kind.batch.read, self._read_body(kind, [key]))
+        archive = build(kind.batch.archive, _archive_body(["{hubspot_id}"]))
+        return [
+            read.preview("find its HubSpot id"),
+            archive.preview("if found: {hubspot_id} is the id the read answers"),
+        ]
+
     # --- set-up ------------------------------------------------------------------------------
+
+
+def _archive_body(hubspot_ids: Iterable[str]) -> dict[str, Any]:
+    return {"inputs": [{"id": h} for h in hubspot_ids]}

@@ -22,7 +22,13 @@ from tenacity import (
 
 from adapters import http
 from adapters.http import StatusRules, Transient, retry_after, timed_send, wait_turn, with_retries
-from connector.adapter import Record, TargetReporter, TargetSettings, check_claim
+from connector.adapter import (
+    Record,
+    RequestPreview,
+    TargetReporter,
+    TargetSettings,
+    check_claim,
+)
 from connector.errors import DeliveryError, TargetPaused
 from connector.logs import get_logger
 from connector.outcomes import Retry, Undelivered
@@ -112,6 +118,14 @@ class Request:
     @property
     def writes(self) -> bool:
         return self.method != "GET" and not self.url.endswith("/batch/read")
+
+    def preview(self, note: str | None = None) -> RequestPreview:
+        """This request as ``map --request`` shows it: the URL as httpx sends it, no token."""
+        url = str(httpx.URL(self.url, params=self.params)) if self.params else self.url
+        headers = {
+            k: "Bearer ***" if k.lower() == "authorization" else v for k, v in self.headers.items()
+        }
+        return RequestPreview(self.method, url, headers, self.body, note=note)
 
 
 def _capture(
@@ -226,7 +240,13 @@ class HubSpotApi:
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Answer:
         """One API call: 2xx/207 and 4xx answers are returned; the rest is handled here."""
-        return await self._call(fn(*args, _preload_content=False), self.transient_attempts)
+        return await self._call(self.build(fn, *args), self.transient_attempts)
+
+    @staticmethod
+    def build(fn: Callable[..., Any], *args: Any) -> Request:
+        """The request of one API call, as the client builds it (``_capture``): not sent."""
+        request: Request = fn(*args, _preload_content=False)
+        return request
 
     async def _call(self, request: Request, attempts: int) -> Answer:
         wait = wait_exponential(multiplier=0.5, max=4) + wait_random(0, 0.5)

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -49,7 +50,14 @@ from adapters.rest.templates import (
     log,
     render_body,
 )
-from connector.adapter import Adapter, ObjectType, Record, TargetContext, check_claim
+from connector.adapter import (
+    Adapter,
+    ObjectType,
+    Record,
+    RequestPreview,
+    TargetContext,
+    check_claim,
+)
 from connector.errors import TargetPaused
 from connector.outcomes import Dead, Delivered, Outcome, Retry, Undelivered
 from connector.ratelimit import RateLimiter
@@ -73,6 +81,11 @@ class _Failed(Exception):
 
 # Exceptions of a request that got no answer (others are bugs, and propagate).
 _NO_ANSWER = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+# What builds requests: the adapter's client, or a throwaway one for ``map --request``.
+_Client = httpx.AsyncClient | httpx.Client
+# ``map --request``: the remote id a lookup would find, known only at run time.
+_FOUND = "{remote_id}"
 
 
 def _json(response: httpx.Response) -> Any:
@@ -117,7 +130,8 @@ class RestAdapter(Adapter[RestSettings]):
                     companies=ops is settings.companies,
                 )
 
-    async def open(self) -> None:
+    def _client_options(self) -> tuple[dict[str, str], httpx.Auth | None, str]:
+        """The headers every request carries, the auth, and the secret (the account's)."""
         s = self.settings
         headers = {"User-Agent": "mimeeq-connector", "Accept": "application/json"}
         headers |= {name: value.get_secret_value() for name, value in s.headers.items()}
@@ -131,6 +145,11 @@ class RestAdapter(Adapter[RestSettings]):
             auth = httpx.BasicAuth(s.auth.username, secret)
         elif isinstance(s.auth, HeaderAuth):
             secret = headers[s.auth.name] = s.auth.value.get_secret_value()
+        return headers, auth, secret
+
+    async def open(self) -> None:
+        s = self.settings
+        headers, auth, secret = self._client_options()
         verify: ssl.SSLContext | bool = s.verify
         if s.ca_bundle is not None:
             verify = ssl.create_default_context(cafile=str(s.ca_bundle))
@@ -212,7 +231,7 @@ class RestAdapter(Adapter[RestSettings]):
             return self._delivered(s.upsert, answer, record.remote_id)
         assert s.create is not None and s.update is not None
         remote_id = record.remote_id
-        if remote_id is None and (s.update.needs_remote_id or record.kind == "created"):
+        if self._creates(s, record):
             if s.lookup is not None:
                 remote_id = await self._lookup(s, record)
             if remote_id is None:
@@ -228,6 +247,12 @@ class RestAdapter(Adapter[RestSettings]):
             note = f"update answered HTTP {answer.status_code}: created it"
             return self._delivered(s.create, created, None, note)
         return self._delivered(s.update, answer, remote_id)
+
+    @staticmethod
+    def _creates(s: Operations, record: Record) -> bool:
+        """Whether a create (after the lookup, if any) comes first, not an update."""
+        assert s.update is not None
+        return record.remote_id is None and (s.update.needs_remote_id or record.kind == "created")
 
     async def _delete(self, s: Operations, record: Record) -> Outcome:
         if s.delete is None:
@@ -249,12 +274,19 @@ class RestAdapter(Adapter[RestSettings]):
     async def _lookup(self, s: Operations, record: Record) -> str | None:
         lookup = s.lookup
         assert lookup is not None
-        try:
-            request = self._build(lookup, Values(self.context.tenant, record), None)
-        except Missing:
-            return None  # nothing to look it up by (say, no e-mail): not found
+        request = self._lookup_request(lookup, record)
+        if request is None:
+            return None
         answer = await self._send("lookup", request, gone_ok=True)
         return None if self._gone(answer) else _remote_id(_search(lookup._id, _json(answer)))
+
+    def _lookup_request(
+        self, lookup: Request, record: Record, client: _Client | None = None
+    ) -> httpx.Request | None:
+        try:
+            return self._build(lookup, Values(self.context.tenant, record), None, client)
+        except Missing:
+            return None  # nothing to look it up by (say, no e-mail): not found
 
     def _gone(self, answer: httpx.Response) -> bool:
         """404/410 let through by ``gone_ok``: the contact (or company) is not in the target."""
@@ -286,17 +318,28 @@ class RestAdapter(Adapter[RestSettings]):
         gone_ok: bool = False,
         key_suffix: str = "",
     ) -> httpx.Response:
+        built = self._prepare(name, request, record, remote_id, key_suffix)
+        return await self._send(name, built, gone_ok=gone_ok)
+
+    def _prepare(
+        self,
+        name: str,
+        request: Request,
+        record: Record,
+        remote_id: str | None,
+        key_suffix: str = "",
+        client: _Client | None = None,
+    ) -> httpx.Request:
         partial = isinstance(request, UpdateRequest) and request.send == "changes"
         values = Values(self.context.tenant, record, remote_id, self._sent(record, partial))
         try:
-            built = self._build(request, values, record.event_id + key_suffix)
+            return self._build(request, values, record.event_id + key_suffix, client)
         except Missing as exc:
             reason = (
                 f"{name}: the request needs {{{exc.name}}}, "
                 f"which this {record.object_type} has no value for"
             )
             raise _Failed(Dead(reason)) from None
-        return await self._send(name, built, gone_ok=gone_ok)
 
     def _sent(self, record: Record, partial: bool) -> dict[str, Any]:
         """The fields a write sends: what changed, or everything; and the cleared ones."""
@@ -305,12 +348,19 @@ class RestAdapter(Adapter[RestSettings]):
             fields.update(dict.fromkeys(record.cleared))
         return fields
 
-    def _build(self, endpoint: Endpoint, values: Values, key: str | None) -> httpx.Request:
+    def _build(
+        self, endpoint: Endpoint, values: Values, key: str | None, client: _Client | None = None
+    ) -> httpx.Request:
         body = render_body(endpoint._body, values) if isinstance(endpoint, Request) else None
-        return self._request(endpoint, values, body, key)
+        return self._request(endpoint, values, body, key, client)
 
     def _request(
-        self, endpoint: Endpoint, values: Values, body: Any, key: str | None
+        self,
+        endpoint: Endpoint,
+        values: Values,
+        body: Any,
+        key: str | None,
+        client: _Client | None = None,
     ) -> httpx.Request:
         headers = {}
         content = None
@@ -320,7 +370,7 @@ class RestAdapter(Adapter[RestSettings]):
         name = self.settings.idempotency_header
         if name and key and endpoint.method != "GET":
             headers[name] = key
-        return self.client.build_request(
+        return (client or self.client).build_request(
             endpoint.method,
             endpoint._path.render(values, _segment),
             params={k: t.render(values) for k, t in endpoint._query.items()} or None,
@@ -330,7 +380,9 @@ class RestAdapter(Adapter[RestSettings]):
 
     # --- batch mode ----------------------------------------------------------------------------
 
-    async def _batch(self, batch: BatchRequest, records: list[Record]) -> list[_Result]:
+    def _batch_request(
+        self, batch: BatchRequest, records: list[Record], client: _Client | None = None
+    ) -> httpx.Request:
         tenant = self.context.tenant
         items = [
             render_body(batch._item, Values(tenant, r, r.remote_id, self._sent(r, partial=False)))
@@ -339,9 +391,11 @@ class RestAdapter(Adapter[RestSettings]):
         # Stable across retries of the same batch; single requests use the event id itself.
         key = hashlib.sha256("\n".join(r.event_id for r in records).encode()).hexdigest()[:32]
         body = {batch.key: items} if batch.key else items
+        return self._request(batch, Values(tenant), body, f"batch-{key}", client)
+
+    async def _batch(self, batch: BatchRequest, records: list[Record]) -> list[_Result]:
         try:
-            request = self._request(batch, Values(tenant), body, f"batch-{key}")
-            answer = await self._send("batch", request)
+            answer = await self._send("batch", self._batch_request(batch, records))
         except _Failed as exc:
             return [exc.outcome] * len(records)  # the whole request failed: all of it
         if batch.results is None:
@@ -352,7 +406,7 @@ class RestAdapter(Adapter[RestSettings]):
             return [Delivered(r.remote_id, note) for r in records]
         if batch.match_by is None:
             matched: list[Any] = [
-                results[i] if i < len(results) else None for i in range(len(items))
+                results[i] if i < len(results) else None for i in range(len(records))
             ]
         else:
             by_id = {_remote_id(batch.search("match_by", x)): x for x in results}
@@ -375,6 +429,85 @@ class RestAdapter(Adapter[RestSettings]):
         detail = _text(error if error is not None else result)[:SNIPPET]
         reason = f"batch item: HTTP {status}: {detail}" if status else f"batch item: {detail}"
         return Dead(reason) if kind == "dead" else Retry(reason)
+
+    # --- map --request --------------------------------------------------------------------------
+
+    def describe_request(self, record: Record) -> list[RequestPreview]:
+        """The requests of ``push`` for this record alone, built by the same code with a client
+        configured like the adapter's (never sending), secrets masked."""
+        ops = self.settings.operations(record.object_type)
+        if ops is None:
+            return [RequestPreview(note="this target has no `companies:` requests")]
+        headers, auth, _ = self._client_options()
+        with httpx.Client(base_url=self.settings.base_url, headers=headers) as client:
+            try:
+                steps = self._steps(ops, record, client)
+            except _Failed as exc:  # a placeholder without a value: the record goes dead
+                assert isinstance(exc.outcome, Dead)
+                return [RequestPreview(note=exc.outcome.reason)]
+        return [
+            RequestPreview(note=note) if r is None else self._preview(r, auth, note)
+            for r, note in steps
+        ]
+
+    def _steps(
+        self, s: Operations, record: Record, client: httpx.Client
+    ) -> list[tuple[httpx.Request | None, str | None]]:
+        """The requests (None: just a note) in the order ``_single``/``_batch`` make them."""
+        remote_id = record.remote_id
+        if record.op == "delete":
+            if s.delete is None:
+                return [(None, "no `delete` configured: left in the target")]
+            steps: list[tuple[httpx.Request | None, str | None]] = []
+            if remote_id is None and s.delete.needs_remote_id:
+                lookup = self._lookup_request(s.lookup, record, client) if s.lookup else None
+                if lookup is None:
+                    return [(None, "no remote id and no lookup: nothing to delete")]
+                steps.append((lookup, "find its remote id"))
+                remote_id = _FOUND
+            request = self._prepare("delete", s.delete, record, remote_id, client=client)
+            return [*steps, (request, "if found" if steps else None)]
+        if s.batch is not None:
+            return [(self._batch_request(s.batch, [record], client), None)]
+        if s.upsert is not None:
+            return [(self._prepare("upsert", s.upsert, record, remote_id, client=client), None)]
+        assert s.create is not None and s.update is not None
+        if self._creates(s, record):
+            lookup = self._lookup_request(s.lookup, record, client) if s.lookup else None
+            create = self._prepare("create", s.create, record, None, client=client)
+            if lookup is None:
+                return [(create, None)]
+            return [
+                (lookup, "find its remote id"),
+                (create, "if not found (if found: the update, with the id found)"),
+            ]
+        update = self._prepare("update", s.update, record, remote_id, client=client)
+        if not s.update.create_if_missing:
+            return [(update, None)]
+        create = self._prepare("create", s.create, record, None, ":create", client)
+        return [(update, None), (create, "if the update answers 404/410")]
+
+    def _preview(
+        self, request: httpx.Request, auth: httpx.Auth | None, note: str | None
+    ) -> RequestPreview:
+        if auth is not None:  # basic auth: httpx adds its header as it sends
+            request = next(auth.sync_auth_flow(request))
+        s = self.settings
+        secret = {name.lower() for name in s.headers} | {"authorization"}
+        if isinstance(s.auth, HeaderAuth):
+            secret.add(s.auth.name.lower())
+        headers = {}
+        for raw, value in request.headers.raw:
+            name = raw.decode("latin-1")
+            text = value.decode("latin-1")
+            if name.lower() in secret:  # keep the scheme (Bearer, Basic), never the secret
+                scheme = text.split(" ", 1)[0] if name.lower() == "authorization" else ""
+                text = f"{scheme} ***" if " " in text and scheme else "***"
+            headers[name] = text
+        # The placeholder is a value like any other, percent-encoded: shown as written.
+        url = str(request.url).replace(quote(_FOUND, safe=""), _FOUND)
+        body = orjson.loads(request.content) if request.content else None
+        return RequestPreview(request.method, url, headers, body, note=note)
 
     # --- sending -------------------------------------------------------------------------------
 

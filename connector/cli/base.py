@@ -12,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from connector.config import Config, Target, default_config_path, load_config
+from connector.config import Config, Need, Target, default_config_path, load_config
 from connector.errors import ConfigError
 from connector.store import open_store
 from connector.store.base import Store
@@ -27,10 +27,12 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def load(config_path: Path | None) -> Config:
+def load(config_path: Path | None, need: Need = "targets") -> Config:
+    """The config, or every problem on stderr and exit 1. Read-only commands pass need="store":
+    they then work while a target's secret is unset (see ``connector.config.Need``)."""
     path = config_path or default_config_path()
     try:
-        return load_config(path)
+        return load_config(path, need=need)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)

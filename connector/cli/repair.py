@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
-from connector.backfill import KINDS, Kind, detect_kind, file_headers, read_rows
+from connector.backfill import (
+    KINDS,
+    Kind,
+    detect_kind,
+    file_headers,
+    is_json_lines,
+    read_rows,
+)
 from connector.cli.base import (
     config_option,
     fail,
@@ -73,7 +88,7 @@ def dlq_list(
     config_path: Path | None, tenant: str | None, target: str | None, limit: int, as_json: bool
 ) -> None:
     """Dead letters not replayed yet, oldest first."""
-    config = load(config_path)
+    config = load(config_path, need="store")
     targets = pick_targets(config, tenant, target) if tenant else None
     letters = asyncio.run(_dead_letters(config, targets, limit))
     if as_json:
@@ -102,7 +117,7 @@ async def _dead_letters(config: Config, targets: list[str] | None, limit: int) -
 @json_option
 def dlq_show(config_path: Path | None, dead_letter_id: int, as_json: bool) -> None:
     """Everything about one dead letter, payload included."""
-    config = load(config_path)
+    config = load(config_path, need="store")
     letter = asyncio.run(_dead_letter(config, dead_letter_id))
     if letter is None:
         fail(f"no dead letter {dead_letter_id}")
@@ -159,13 +174,16 @@ def dlq_replay(
     report, outcomes = asyncio.run(_replay(config, list(ids) or None, targets, all_of, wait))
     if as_json:
         print_json([asdict(r) | {"outcome": outcomes.get(r.dead_letter)} for r in report])
-        return
-    for r in report:
-        outcome = f" → {outcomes[r.dead_letter]}" if r.dead_letter in outcomes else ""
-        where = f" {r.target} {r.contact_id}" if r.target else ""
-        click.echo(f"#{r.dead_letter}{where}: {r.action}{outcome}")
-    counts = Counter(r.action for r in report)
-    click.echo(", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing to replay")
+    else:
+        for r in report:
+            outcome = f" → {outcomes[r.dead_letter]}" if r.dead_letter in outcomes else ""
+            where = f" {r.target} {r.contact_id}" if r.target else ""
+            click.echo(f"#{r.dead_letter}{where}: {r.action}{outcome}")
+        counts = Counter(r.action for r in report)
+        summary = ", ".join(f"{n} {action}" for action, n in counts.items())
+        click.echo(summary or "nothing to replay")
+    if any(r.action == "not found" for r in report):
+        sys.exit(1)  # an id asked for is no dead letter: a typo a script must not miss
 
 
 async def _replay(
@@ -203,7 +221,14 @@ async def _replay(
 
 @dlq.command("purge")
 @dead_letter_choice("Every dead letter (of --tenant/--target).")
-@click.option("--older-than-days", type=float, default=None)
+@click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Only those that last failed more than this many days ago.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask before purging --all.")
+@json_option
 def dlq_purge(
     config_path: Path | None,
     ids: tuple[int, ...],
@@ -211,16 +236,25 @@ def dlq_purge(
     tenant: str | None,
     target: str | None,
     older_than_days: float | None,
+    yes: bool,
+    as_json: bool,
 ) -> None:
     """Delete dead letters for good."""
     if bool(ids) == all_of:
         raise click.UsageError("give dead letter ids, or --all")
-    config = load(config_path)
+    config = load(config_path, need="store")
     targets = pick_targets(config, tenant, target) if (tenant or target) else None
+    if all_of and not yes:
+        scope = f" of {', '.join(targets)}" if targets else ""
+        age = f" older than {older_than_days:g} days" if older_than_days is not None else ""
+        click.confirm(f"Delete every dead letter{scope}{age} for good?", abort=True, err=True)
     before = time.time() - older_than_days * 86_400 if older_than_days is not None else None
     pick = DeadLetterPick(ids=list(ids) or None, targets=targets, failed_before=before)
     purged = asyncio.run(_purge(config, pick))
-    click.echo(f"purged {purged} dead letter(s)")
+    if as_json:
+        print_json({"purged": purged})
+    else:
+        click.echo(f"purged {purged} dead letter(s)")
 
 
 async def _purge(config: Config, pick: DeadLetterPick) -> int:
@@ -275,7 +309,7 @@ async def _resync(
 def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
     """The history of one contact (or company, by its COMP-… id): received, mapped, pushed, CRM
     id, outcome."""
-    config = load(config_path)
+    config = load(config_path, need="store")
     found = asyncio.run(_trace(config, contact_id))
     if as_json:
         print_json(_trace_dict(found))
@@ -486,6 +520,19 @@ class Imported:
         return f"imported {self.rows} rows: {stored} (deleted earlier)"
 
 
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, shown: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (stdout gets the summary), redrawn a few times a second however
+    fast rows go by; drawn once at the end when stderr is no terminal. ``advance(n)`` moves it."""
+    if not shown:
+        yield lambda n: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), refresh_per_second=4) as progress:
+        task = progress.add_task(label, total=max(total, 0))
+        yield lambda n: progress.advance(task, n)
+
+
 async def _import(
     config: Config, slug: str, file: Path, kind: Kind, *, show_progress: bool
 ) -> Imported:
@@ -494,17 +541,17 @@ async def _import(
     targets = tenant.targets_for(spec.object_type)
     result = Imported()
     events: list[NewEvent] = []
-    progress: TextIO = sys.stderr if show_progress else io.StringIO()  # stdout: the summary
     # Read and check every row before storing any: a file is imported whole or not at all.
     try:
         with file.open("rb") as f:  # in chunks: a file without line breaks is one huge line
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) + 1
+        header = 0 if is_json_lines(file) else 1  # a CSV export's first line names the columns
         rows = read_rows(file, tenant.customer_id, tenant.import_settings, kind=kind,
                          max_line_bytes=config.server.max_body_bytes)  # fmt: skip
-        with click.progressbar(length=lines, label="checking", file=progress, show_pos=True) as bar:
-            done = 0
+        with progress_bar("checking", lines - header, show_progress) as advance:
+            done = header
             for row in rows:
-                bar.update(max(row.line - done, 0))
+                advance(max(row.line - done, 0))
                 done = max(done, row.line)
                 if row.payload is None:
                     result.unusable += 1
@@ -518,7 +565,7 @@ async def _import(
                     body = orjson.dumps(row.payload)
                     events.append(NewEvent(slug, spec.event, row.payload["id"], "upsert", body,
                                            targets))  # fmt: skip
-            bar.update(max(lines - done, 0))
+            advance(max(lines - done, 0))
     except OSError as exc:  # the file vanished, or cannot be read: nothing stored
         result.status, result.error = "refused", f"cannot read {file}: {exc}"
         return result
@@ -529,15 +576,14 @@ async def _import(
         return result  # a header and no rows: nothing to do, and nothing wrong
     try:
         async with opened_store(config) as store:
-            with click.progressbar(length=len(events), label="importing", file=progress,
-                                   show_pos=True) as bar:  # fmt: skip
+            with progress_bar("importing", len(events), show_progress) as advance:
                 for at in range(0, len(events), BATCH):
                     batch = events[at : at + BATCH]
                     outcomes = Counter(one.status for one in await store.append_many(batch))
                     result.queued += outcomes["queued"]
                     result.duplicate += outcomes["duplicate"]
                     result.dropped += outcomes["dropped"]
-                    bar.update(len(batch))
+                    advance(len(batch))
     except Exception as exc:  # the store failed (or could not open): say how far it got
         result.status, result.error = "stopped", f"cannot store: {exc}"
     return result

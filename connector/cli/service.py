@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
-from connector.adapter import object_type_of
+from connector.adapter import Record, RequestPreview, object_type_of
 from connector.cli.base import (
     config_option,
     find_target,
@@ -68,14 +69,32 @@ def serve(
 
 @main.command()
 @config_option
-def check(config_path: Path | None) -> None:
-    """Validate the config and every mapping it names."""
-    config = load(config_path)
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Also check each HubSpot target's mapped properties against its portal.",
+)
+def check(config_path: Path | None, online: bool) -> None:
+    """Validate the config and every mapping it names, listing every problem at once; each
+    mapping path is also checked against the Mimeeq payload it reads."""
+    config = load(config_path, need="check")
     targets = config.targets
     click.echo(
         f"{config.path}: OK ({len(config.tenants)} tenant(s), {len(targets)} target(s): "
         f"{', '.join(t.key for t in targets)})"
     )
+    if online:
+        from connector.cli.online import check_online  # it imports this module's hubspot group
+
+        checked = [t for t in targets if t.settings.type == "hubspot"]
+        problems = 0
+        for target in checked:
+            click.echo(f"\n{target.key} against its HubSpot portal:")
+            problems += check_online(config, target)
+        if not checked:
+            click.echo("no HubSpot target: nothing to check online")
+        if problems:
+            sys.exit(1)
 
 
 @main.command("map")
@@ -88,12 +107,28 @@ def check(config_path: Path | None) -> None:
     default="contact-updated",
     show_default=True,
 )
+@click.option(
+    "--request",
+    "as_request",
+    is_flag=True,
+    help="Print the request(s) the target would send for it as a first write instead.",
+)
+@json_option
 @click.argument("payload_file", type=click.File("rb"))
 def map_command(
-    config_path: Path | None, tenant: str, target_name: str, event: str, payload_file: Any
+    config_path: Path | None,
+    tenant: str,
+    target_name: str,
+    event: str,
+    as_request: bool,
+    as_json: bool,
+    payload_file: Any,
 ) -> None:
     """Print the mapped record of a payload (a dry run: nothing is sent). A company event
-    (``--event company-updated``) is mapped with the target's company mapping."""
+    (``--event company-updated``) is mapped with the target's company mapping.
+
+    With --request, the requests the target would make for it as a first write (every field
+    written; ids only known at run time as placeholders), secrets masked: nothing is sent."""
     target = find_target(load(config_path), tenant, target_name)
     mapping = target.mapping_for(object_type_of(event))
     if mapping is None:
@@ -106,9 +141,69 @@ def map_command(
     except ValidationError as exc:
         raise click.ClickException(f"invalid {event} payload: {describe(exc)[1]}") from None
     try:
-        print_json(mapping.apply(payload))
+        fields = mapping.apply(payload)
     except RecordMappingError as exc:
         raise click.ClickException(f"{mapping.source}: {exc}") from None
+    if not as_request:
+        print_json(fields)
+        return
+    try:
+        previews = asyncio.run(_describe_requests(target, _first_write(event, payload, fields)))
+    except NotImplementedError:
+        kind = target.settings.type
+        message = f"{target.key}: a {kind} target cannot show its requests"
+        raise click.ClickException(message) from None
+    if as_json:
+        print_json([_preview_dict(p) for p in previews])
+    else:
+        click.echo("\n\n".join(_preview_text(p) for p in previews))
+
+
+def _first_write(event: str, payload: dict[str, Any], fields: dict[str, Any]) -> Record:
+    """The record the worker would push for this payload with no state (as delivery._record)."""
+    from connector.delivery import _first_email
+
+    object_type = object_type_of(event)
+    company = payload.get("companyId") if object_type == "contact" else None
+    return Record(
+        contact_id=str(payload["id"]),
+        op=EVENTS[event],
+        event=event,
+        event_id="preview",
+        fields=fields,
+        payload=payload,
+        remote_id=None,
+        attempt=1,
+        company_id=str(company) if company else None,
+        email=_first_email(payload) if object_type == "contact" else None,
+        object_type=object_type,
+    )
+
+
+async def _describe_requests(target: Target, record: Record) -> list[RequestPreview]:
+    # In a loop: adapters may make loop-bound things (rate limiters); nothing is opened.
+    adapter = target.adapter(target.settings, target.context())
+    try:
+        return adapter.describe_request(record)
+    finally:
+        await adapter.close()
+
+
+def _preview_dict(preview: RequestPreview) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(preview).items() if v is not None and v != {}}
+
+
+def _preview_text(p: RequestPreview) -> str:
+    lines = [f"# {p.note}"] if p.note else []
+    if p.method:
+        lines += [f"{p.method} {p.url}", *(f"{k}: {v}" for k, v in p.headers.items())]
+        if p.body is not None:
+            lines += ["", orjson.dumps(p.body, option=orjson.OPT_INDENT_2).decode()]
+    if p.path:
+        lines.append(f"file: {p.path}")
+        if p.text is not None:
+            lines += ["", p.text.rstrip("\r\n")]
+    return "\n".join(lines)
 
 
 @main.command()
@@ -117,7 +212,7 @@ def map_command(
 def status(config_path: Path | None, as_json: bool) -> None:
     """Queue state per tenant × target: pending, dead, delivered, unchanged (no call needed),
     oldest pending, paused."""
-    config = load(config_path)
+    config = load(config_path, need="store")
     rows = asyncio.run(_status(config))
     now = time.time()
     if as_json:
@@ -232,13 +327,16 @@ def resume(config_path: Path | None, tenant: str, target_name: str) -> None:
     """Resume a target paused by an operator or by the target itself (auth, daily limit)."""
     config = load(config_path)
     key = find_target(config, tenant, target_name).key
-    asyncio.run(_set_pause(config, key, None))
-    click.echo(f"{key}: resumed")
+    was = asyncio.run(_set_pause(config, key, None))
+    click.echo(f"{key}: resumed (it was paused: {was})" if was else f"{key}: was not paused")
 
 
-async def _set_pause(config: Config, key: str, reason: str | None) -> None:
+async def _set_pause(config: Config, key: str, reason: str | None) -> str | None:
+    """Pause (a reason) or resume (None) the target; return why it was paused, if it was."""
     async with opened_store(config) as store:
+        was = (await store.target_state(key)).paused_reason
         await store.set_paused(key, reason, None, by="operator")
+        return was
 
 
 @main.command()
@@ -250,7 +348,7 @@ def migrate(config_path: Path | None) -> None:
     """
     import asyncpg
 
-    config = load(config_path)
+    config = load(config_path, need="store")
     try:
         before, after = asyncio.run(_migrate(config))
     except ConfigError as exc:

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
+
 from connector.errors import ConfigError
 from connector.store import queries as q
 from connector.store import sqlite_ops as ops
@@ -51,6 +53,22 @@ from connector.store.sqlite_ops import PROBE_BYTES, Q_RECOVER, Operation, Settle
 T = TypeVar("T")
 
 MIGRATIONS = SQLITE_MIGRATIONS  # see connector.store.schema
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _while_locked(setup: Callable[[], T]) -> Callable[[], T]:
+    """``setup`` (opening, migrating) tried again while another process opening the same file
+    holds it: switching to WAL and the first look at a database another connection is recovering
+    can answer "database is locked" at once, without waiting for the busy timeout."""
+    return Retrying(
+        retry=retry_if_exception(_locked),
+        stop=stop_after_delay(30),
+        wait=wait_random(0.01, 0.1),
+        reraise=True,
+    ).wraps(setup)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
@@ -119,7 +137,7 @@ class SQLiteStore(Store):
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         loop = asyncio.get_running_loop()
         try:
-            self._conn = await loop.run_in_executor(self._disk, self._connect)
+            self._conn = await loop.run_in_executor(self._disk, _while_locked(self._connect))
         except BaseException:
             await self.close()
             raise
@@ -178,7 +196,7 @@ class SQLiteStore(Store):
             finally:
                 conn.close()
 
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(_while_locked(run))
 
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database now and then, so commits never wait for that copy.

@@ -46,8 +46,8 @@ def test_check_reports_a_bad_expression_and_an_unknown_option_with_file_and_fiel
     )
     code, _, err = run("check", "--config", str(config))
     assert code == 1
-    assert "crm.yaml: fields.email: invalid JMESPath expression" in err
-    assert "other.yaml: fields.tags: unknown option 'jion'" in err
+    assert "crm.yaml:2: fields.email: invalid JMESPath expression" in err
+    assert "other.yaml:2: fields.tags: unknown option 'jion'" in err
 
 
 def test_check_reports_config_problems_with_file_line_and_key(

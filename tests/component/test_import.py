@@ -92,6 +92,26 @@ def test_whole_batches_are_imported_then_recognised(
     assert stored(config) == count
 
 
+def test_the_progress_counts_rows_not_the_header_and_stays_short(
+    config: Path, tmp_path: Path
+) -> None:
+    result = run(config, export(tmp_path, HEADER + rows(1, 20_000)))
+    assert result.exit_code == 0, result.output
+    assert "checking" in result.stderr and "20000/20000" in result.stderr
+    assert len(result.stderr) < 2_000  # drawn once off a terminal, not once per row
+
+
+def test_the_sample_exports_import(with_companies: Path) -> None:
+    for name, kind, n in (
+        ("companies-export.csv", "companies", 4),
+        ("contacts-export.csv", "contacts", 3),
+    ):
+        result = run(with_companies, DATA / name)
+        assert result.exit_code == 0, result.output
+        assert f"{name}: {kind}" in result.stderr
+        assert f"imported {n} rows: {n} queued" in result.stdout
+
+
 def test_a_file_without_a_usable_row_is_refused_naming_a_bounded_list(
     config: Path, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
 from click.testing import CliRunner, Result
 
 from connector.cli import main
@@ -58,7 +59,16 @@ async def test_dead_letters_are_listed_shown_replayed_and_purged(running: Callab
     assert f"{contact(1)['id']}: queued → delivered" in replayed.stdout
     assert contact(1)["id"] in fake.contacts
 
-    purged = await cli("dlq", "purge", "--all", "--config", config)
+    unknown = await cli("dlq", "replay", "999", "--config", config)
+    assert unknown.exit_code == 1 and "#999: not found" in unknown.stdout
+
+    # --all asks first; no answer (no terminal) is a no.
+    refused = await cli("dlq", "purge", "--all", "--config", config)
+    assert refused.exit_code == 1 and "Delete every dead letter for good?" in refused.output
+    young = await cli("dlq", "purge", "--all", "--older-than-days", "1", "--yes", "--json",
+                      "--config", config)  # fmt: skip
+    assert json.loads(young.stdout) == {"purged": 0}
+    purged = await cli("dlq", "purge", "--all", "--yes", "--config", config)
     assert purged.stdout.strip() == "purged 2 dead letter(s)"  # the replayed one too
     assert json.loads((await cli("dlq", "list", "--config", config, "--json")).stdout) == []
     missing = await cli("dlq", "show", "999", "--config", config)
@@ -102,19 +112,24 @@ async def test_an_operator_pauses_and_resumes_a_target(running: Callable) -> Non
     service = await running()
     fake = fake_adapter(service)
     config = config_of(service)
-    paused = await cli("pause", "--config", config, "--tenant", "demo", "--target", "fake",
-                       "--reason", "CRM migration")  # fmt: skip
-    assert paused.exit_code == 0, paused.output
-    # The worker follows the store: it sees the pause at its next look.
-    await eventually(lambda: service.workers["demo/fake"].paused_by == "operator")
+    target = ("--tenant", "demo", "--target", "fake")
+    not_paused = await cli("resume", "--config", config, *target)
+    assert not_paused.stdout == "demo/fake: was not paused\n"
+    with structlog.testing.capture_logs() as logs:
+        paused = await cli("pause", "--config", config, *target, "--reason", "CRM migration")
+        assert paused.exit_code == 0, paused.output
+        # The worker follows the store: it sees the pause at its next look, and says so.
+        await eventually(lambda: service.workers["demo/fake"].paused_by == "operator")
+    (line,) = [e for e in logs if e["event"] == "target paused by an operator"]
+    assert line["reason"].endswith("CRM migration") and line["target"] == "fake"
     await send(service, "contact-created", contact(1))
     await asyncio.sleep(0.5)  # time enough for a push that should not happen
     assert fake.pushes == []
     status = json.loads((await cli("status", "--config", config, "--json")).stdout)
     assert status[0]["paused"] and status[0]["paused_reason"].endswith("CRM migration")
     assert status[0]["pending"] == 1
-    resumed = await cli("resume", "--config", config, "--tenant", "demo", "--target", "fake")
-    assert resumed.exit_code == 0
+    resumed = await cli("resume", "--config", config, *target)
+    assert resumed.exit_code == 0 and "resumed (it was paused: " in resumed.stdout
     await status_reaches(service, paused=False, delivered=1, pending=0)
     status = json.loads((await cli("status", "--config", config, "--json")).stdout)
     assert not status[0]["paused"] and status[0]["delivered"] == 1

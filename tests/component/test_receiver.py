@@ -6,12 +6,15 @@ import asyncio
 import io
 import json
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+import yaml
 
-from connector.config import Config
+from connector.config import DEMO_TOKEN, Config, load_config
 from connector.service import Service
 from testkit.payloads import (
     CUSTOMER,
@@ -21,6 +24,7 @@ from testkit.payloads import (
     company,
     contact,
     example,
+    write_config,
 )
 from testkit.service import fake_adapter
 from testkit.waiting import eventually
@@ -350,3 +354,36 @@ async def test_a_store_that_hangs_means_503_after_a_while(
     finally:
         monkeypatch.undo()
         await service.stop()
+
+
+async def test_refused_credentials_are_logged_without_the_value_and_not_for_each(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    url = "/webhooks/demo/contact-created"
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(5):
+            status, _ = await post(http, service, url, contact(1),
+                                   headers={"X-Mimeeq-Token": "typo-" + TOKEN})  # fmt: skip
+            assert status == 401
+        await post(http, service, url, contact(1), headers={})
+        await post(http, service, "/webhooks/nobody/contact-created", contact(1))
+    refused = [e for e in logs if e["event"] == "webhook refused (401)"]
+    assert [(e["tenant"], e["reason"]) for e in refused] == [
+        ("demo", "wrong value in X-Mimeeq-Token"),
+        ("demo", "no X-Mimeeq-Token header"),
+        ("unknown", "unknown tenant"),
+    ]  # one line per kind within 10 s, however many came
+    assert TOKEN not in repr(logs) and "nobody" not in repr(refused)
+
+
+async def test_the_published_demo_token_is_warned_about(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["tenants"]["demo"]["auth"]["values"] = [DEMO_TOKEN]
+    path.write_text(yaml.safe_dump(config))
+    service = Service(load_config(path))
+    with structlog.testing.capture_logs() as logs:
+        await service.start(host="127.0.0.1")
+        await service.stop()
+    (warning,) = [e for e in logs if "DEMO WEBHOOK TOKEN" in e["event"]]
+    assert warning["log_level"] == "warning" and warning["tenant"] == "demo"

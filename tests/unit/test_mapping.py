@@ -565,20 +565,23 @@ def test_diamond_extends_is_not_a_cycle(tmp_path: Path) -> None:
 
 def test_extends_missing_file(tmp_path: Path) -> None:
     message = load_error(tmp_path, "extends: nope/base.yaml\nfields: {x: x}")
-    assert message == "m.yaml: 'extends' file not found: nope/base.yaml"
+    assert message == (
+        "m.yaml:1: 'extends' file not found: nope/base.yaml"
+        f" (looked for {tmp_path / 'nope/base.yaml'})"
+    )
     assert "not found: base.yaml" in inline_error(tmp_path, {"extends": "base.yaml"})
 
 
 def test_removing_a_field_that_is_not_inherited(tmp_path: Path) -> None:
     write(tmp_path, "base.yaml", "fields: {a: x}")
     message = load_error(tmp_path, "extends: base.yaml\nfields: {b: null}")
-    assert message.startswith("m.yaml: fields.b: null removes an inherited field")
+    assert message.startswith("m.yaml:2: fields.b: null removes an inherited field")
 
 
 def test_errors_in_an_extended_file_name_that_file(tmp_path: Path) -> None:
     write(tmp_path, "base.yaml", "fields: {bad: 'a[?'}")
     message = load_error(tmp_path, "extends: base.yaml\nfields: {ok: x}")
-    assert message.startswith("base.yaml: fields.bad: invalid JMESPath expression 'a[?'")
+    assert message.startswith("base.yaml:1: fields.bad: invalid JMESPath expression 'a[?'")
     write(tmp_path, "broken.yaml", "fields: [")
     assert load_error(tmp_path, "extends: broken.yaml\n").startswith("broken.yaml: invalid YAML")
 
@@ -614,13 +617,13 @@ def test_duplicate_keys_are_an_error(tmp_path: Path) -> None:
         ("fields: [a, b]\n", "m.yaml: 'fields' must be a mapping, got list"),
         (
             "fields: {a: x}\nfeilds: {b: y}\n",
-            "m.yaml: unknown top-level key 'feilds' (allowed: extends, description, fields)",
+            "m.yaml:2: unknown top-level key 'feilds' (allowed: extends, description, fields)",
         ),
         ("extends: 3\nfields: {a: x}\n", "m.yaml: 'extends' must be the path of a mapping file"),
-        ("description: [1]\nfields: {a: x}\n", "m.yaml: 'description' must be text"),
-        ("fields: {'': x}\n", "m.yaml: fields: names must be non-empty text, got ''"),
+        ("description: [1]\nfields: {a: x}\n", "m.yaml:1: 'description' must be text"),
+        ("fields: {'': x}\n", "m.yaml:1: fields: names must be non-empty text, got ''"),
         ("fields: {1: x}\n", "m.yaml: fields: names must be non-empty text, got 1"),
-        ("fields: {a: null}\n", "m.yaml: fields.a: null removes an inherited field"),
+        ("fields: {a: null}\n", "m.yaml:1: fields.a: null removes an inherited field"),
     ],
 )
 def test_document_errors(tmp_path: Path, text: str, problem: str) -> None:
@@ -677,7 +680,7 @@ def test_field_errors_name_file_field_and_problem(tmp_path: Path, spec: Any, pro
 
 def test_field_errors_in_files_name_the_file(tmp_path: Path) -> None:
     message = load_error(tmp_path, "fields:\n  email: {from: x, jion: ','}\n", "mappings/x.yaml")
-    assert message.startswith("mappings/x.yaml: fields.email: unknown option 'jion' (allowed: ")
+    assert message.startswith("mappings/x.yaml:2: fields.email: unknown option 'jion' (allowed: ")
     with pytest.raises(MappingError) as info:
         load_mapping("mappings/x.yaml", tmp_path)
     assert (info.value.source, info.value.field) == ("mappings/x.yaml", "email")
