@@ -123,10 +123,21 @@ class TenantSettings(BaseModel):
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
 
 
+class AdminSettings(BaseModel):
+    """The operator console's own listener (connector/console/): off unless the section is set."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"  # an operator's machine only, unless an ingress is put in front
+    port: int = Field(default=8081, ge=0, le=65535)
+    token: Token
+    secure_cookie: bool = Field(default=False, description="true when served behind TLS")
+
+
 class RootSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
+    admin: AdminSettings | None = None
     tenants: dict[str, TenantSettings] = Field(min_length=1)
 
 
@@ -193,6 +204,7 @@ class Config:
     server: ServerSettings
     store: StoreSettings
     tenants: dict[str, Tenant]
+    admin: AdminSettings | None = None  # None: no operator console
 
     @property
     def base_dir(self) -> Path:
@@ -269,7 +281,9 @@ def load_config(path: Path | str, *, need: Need = "targets") -> Config:
         )
         for slug, tenant in root.tenants.items()
     }
-    return Config(path=path, server=root.server, store=root.store, tenants=tenants)
+    return Config(
+        path=path, server=root.server, store=root.store, tenants=tenants, admin=root.admin
+    )
 
 
 def _load_target(
@@ -356,6 +370,7 @@ class _StoreRoot(BaseModel):
     model_config = ConfigDict(extra="forbid")
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
+    admin: dict[str, Any] | None = None  # read-only commands do not serve the console
     tenants: dict[str, dict[str, Any]] = Field(min_length=1)
 
 

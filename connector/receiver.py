@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +36,7 @@ from connector.adapter import object_type_of
 from connector.config import ServerSettings, Tenant
 from connector.health import StoreHealth
 from connector.http_server import ReadTimeout, send_continue
-from connector.logs import get_logger
+from connector.logs import Throttled, get_logger
 from connector.payloads import EVENTS, OTHER_EVENTS, PAYLOAD_SCHEMAS
 from connector.responses import HEADERS, echo, error, first_line, json_response, unavailable
 from connector.store.base import Accepted, NewEvent
@@ -176,39 +174,26 @@ class Intake:
     readiness_problem: Callable[[], Awaitable[str | None]]
 
 
-class RefusalLog:
-    """Webhooks refused for their credentials, logged so that a mistyped header in Mimeeq's admin
-    shows in the log, not only in ``/metrics``: a line per tenant and kind of refusal at most every
-    ``every`` seconds (a flood must not flood the log), saying how many it stands for. Never the
-    value sent: it may be a real token with a typo, or someone else's."""
+# Webhooks refused for their credentials are logged, so that a mistyped header in Mimeeq's admin
+# shows in the log, not only in /metrics: a line per tenant and kind of refusal at most every 10 s
+# (a flood must not flood the log), with how many it stands for. Never the value sent: it may be
+# a real token with a typo, or someone else's.
+REFUSALS_LOGGED_EVERY = 10.0
 
-    every = 10.0
 
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (logged at, since then)
+def _log_refusal(kind: str, occurrences: int, fields: dict[str, Any]) -> None:
+    log.warning("webhook refused (401)", occurrences=occurrences, **fields)
 
-    def unauthorized(self, request: web.Request, tenant: Tenant | None) -> None:
-        if tenant is None:
-            key = ("unknown", "unknown tenant")
-        elif tenant.auth_header in request.headers:
-            key = (tenant.slug, f"wrong value in {tenant.auth_header}")
-        else:
-            key = (tenant.slug, f"no {tenant.auth_header} header")
-        now = time.monotonic()
-        logged_at, unlogged = self._last.get(key, (-math.inf, 0))
-        if now - logged_at < self.every:
-            self._last[key] = (logged_at, unlogged + 1)
-            return
-        if len(self._last) > 1000:  # tenant names a caller made up: start over
-            self._last.clear()
-        self._last[key] = (now, 0)
-        log.warning(
-            "webhook refused (401)",
-            tenant=key[0],
-            reason=key[1],
-            remote=request.remote,
-            more_since_last_line=unlogged,
-        )
+
+def _refusal(request: web.Request, tenant: Tenant | None) -> tuple[str, dict[str, Any]]:
+    """The kind of a 401 (tenant and reason), and what its log line says."""
+    if tenant is None:
+        slug, reason = "unknown", "unknown tenant"  # never the name a caller made up
+    elif tenant.auth_header in request.headers:
+        slug, reason = tenant.slug, f"wrong value in {tenant.auth_header}"
+    else:
+        slug, reason = tenant.slug, f"no {tenant.auth_header} header"
+    return f"{slug}: {reason}", {"tenant": slug, "reason": reason, "remote": request.remote}
 
 
 class Receiver:
@@ -218,7 +203,7 @@ class Receiver:
         self.intake = intake
         self._counters: dict[tuple[str, str, str], Counter] = {}
         self._deadlines = Deadlines(STORE_TIMEOUT)
-        self._refusals = RefusalLog()
+        self._refusals = Throttled(_log_refusal, REFUSALS_LOGGED_EVERY)
 
     async def webhook(self, request: web.Request) -> web.Response:
         tenant = self.intake.tenant(request.match_info["tenant"])
@@ -260,7 +245,8 @@ class Receiver:
     ) -> tuple[web.Response, str] | None:
         """The answers that do not need the body, in order: auth, draining, event, type, size."""
         if not authorized(tenant, request.headers):
-            self._refusals.unauthorized(request, tenant)
+            kind, fields = _refusal(request, tenant)
+            self._refusals(kind, **fields)
             return error(401, "missing or invalid authentication header"), "unauthorized"
         assert tenant is not None
         if not self.intake.accepting():

@@ -11,7 +11,8 @@ import time
 
 from aiohttp import web
 
-from connector.config import DEMO_TOKEN, Config, Target, load_config
+from connector.config import DEMO_TOKEN, AdminSettings, Config, Target, load_config
+from connector.console import Backend, create_console_app
 from connector.delivery import TargetWorker
 from connector.errors import ConfigError
 from connector.health import StoreHealth, describe_error
@@ -43,10 +44,12 @@ class Service:
         self.workers: dict[str, TargetWorker] = {}
         self.accepting = False
         self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None  # the operator console, when configured
         self._pruner: asyncio.Task[None] | None = None
         self._gauges_at = 0.0
         self._reloading = asyncio.Lock()
         self.port: int | None = None
+        self.admin_port: int | None = None
 
     def notify(self, tenant: str, events: int = 1) -> None:
         """New events for ``tenant`` (queued here or by another replica): wake its workers."""
@@ -116,12 +119,11 @@ class Service:
         listen_port = port if port is not None else server.port
         refused = self.metrics.connections_refused.inc
         site = WebhookSite(self._runner, server, listen_host, listen_port, on_refused=refused)
-        try:
-            await site.start()
-        except OSError as exc:  # the port is in use, the address is not this machine's, ...
-            reason = os.strerror(exc.errno) if exc.errno else describe_error(exc)
-            raise StartupError(f"cannot listen on {listen_host}:{listen_port}: {reason}") from exc
+        await _listen(site, listen_host, listen_port)
         self.port = site.port
+        admin = self.config.admin
+        if admin is not None:
+            await self._start_console(admin)
         self._pruner = asyncio.create_task(self._prune_forever(), name="retention")
         self.accepting = True
         log.info(
@@ -129,8 +131,28 @@ class Service:
             listen=f"http://{listen_host}:{self.port}",
             tenants=len(self.config.tenants),
             targets=len(self.workers),
+            console=f"http://{admin.host}:{self.admin_port}" if admin else None,
         )
         self._warn_of_demo_token(listen_host)
+
+    async def _start_console(self, admin: AdminSettings) -> None:
+        """The operator console, on its own listener: the webhook port serves none of it."""
+        backend = Backend(
+            settings=lambda: self.config.admin or admin,  # a reload may rotate the token
+            config=lambda: self.config,
+            store=lambda: self.store,
+        )
+        self._admin_runner = web.AppRunner(
+            create_console_app(backend),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.server.drain_timeout,
+        )
+        await self._admin_runner.setup()
+        await _listen(
+            web.TCPSite(self._admin_runner, admin.host, admin.port), admin.host, admin.port
+        )
+        self.admin_port = int(self._admin_runner.addresses[0][1])
 
     def _warn_of_demo_token(self, host: str) -> None:
         """The published demo token lets anyone who can reach the port post webhooks."""
@@ -195,6 +217,8 @@ class Service:
             self._pruner.cancel()
         async with self._reloading:
             await asyncio.gather(*(self._stop_worker(key, grace) for key in list(self.workers)))
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()  # waits for requests being handled
         await self.store.close()
@@ -206,7 +230,7 @@ class Service:
         A broken config is refused and the running one kept. Targets whose settings changed
         (or whose mapping has other fields) are restarted after their pushes in flight finish;
         a mapping that only computes its fields differently is swapped in for the next push.
-        Server and store settings need a restart.
+        Server and store settings, and where the console listens, need a restart.
         """
         async with self._reloading:
             try:
@@ -216,6 +240,9 @@ class Service:
                 return False
             if new.server != self.config.server or new.store != self.config.store:
                 log.error("config reload refused: server and store settings need a restart")
+                return False
+            if _admin_listener(new.admin) != _admin_listener(self.config.admin):
+                log.error("config reload refused: the admin listener needs a restart")
                 return False
             grace = self.config.server.drain_timeout
             wanted = {t.key: t for t in new.targets if t.settings.enabled}
@@ -280,3 +307,17 @@ class Service:
             log.info("stopping: draining work in flight")
         finally:
             await self.stop()
+
+
+async def _listen(site: web.BaseSite, host: str, port: int) -> None:
+    """Start listening, or a one-line :class:`StartupError` saying why not."""
+    try:
+        await site.start()
+    except OSError as exc:  # the port is in use, the address is not this machine's, ...
+        reason = os.strerror(exc.errno) if exc.errno else describe_error(exc)
+        raise StartupError(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
+def _admin_listener(admin: AdminSettings | None) -> tuple[str, int] | None:
+    """Where the console listens: a reload can change its token, not this."""
+    return None if admin is None else (admin.host, admin.port)

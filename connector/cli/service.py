@@ -29,6 +29,7 @@ from connector.config import Config, Target, default_config_path, load_config
 from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.keys import split_key
 from connector.logs import configure_logging, get_logger
+from connector.operations import age, operator_reason, set_pause, status_dict, status_rows
 from connector.payloads import EVENTS, PAYLOAD_SCHEMAS
 from connector.receiver import describe
 from connector.runtime import server_runner
@@ -216,7 +217,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
     rows = asyncio.run(_status(config))
     now = time.time()
     if as_json:
-        print_json([_status_dict(row, now) for row in rows])
+        print_json([status_dict(row, now) for row in rows])
         return
     lines = [
         ("TENANT", "TARGET", "PENDING", "DEAD", "DELIVERED", "UNCHANGED", "OLDEST PENDING",
@@ -224,7 +225,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
     ]  # fmt: skip
     for row in rows:
         tenant, target = split_key(row.target)
-        oldest = _age(now - row.oldest_pending_at) if row.oldest_pending_at else "-"
+        oldest = age(now - row.oldest_pending_at) if row.oldest_pending_at else "-"
         state = f"paused: {row.paused_reason}" if row.paused else "active"
         pending, dead, delivered = str(row.pending), str(row.dead), str(row.delivered)
         lines.append((tenant, target, pending, dead, delivered, str(row.unchanged), oldest, state))
@@ -233,39 +234,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
 async def _status(config: Config) -> list[TargetStatus]:
     async with opened_store(config) as store:
-        found = {row.target: row for row in await store.status()}
-    rows = [
-        found.pop(t.key) if t.key in found else TargetStatus(t.key, 0, 0, 0, 0, None, None, None)
-        for t in config.targets
-    ]
-    return rows + list(found.values())  # targets no longer configured but with state left
-
-
-def _status_dict(row: TargetStatus, now: float) -> dict[str, Any]:
-    tenant, target = split_key(row.target)
-    return {
-        "tenant": tenant,
-        "target": target,
-        "pending": row.pending,
-        "pending_contacts": row.contacts,
-        "dead": row.dead,
-        "delivered": row.delivered,
-        "unchanged": row.unchanged,
-        "oldest_pending_age_seconds": round(now - row.oldest_pending_at, 3)
-        if row.oldest_pending_at
-        else None,
-        "paused": row.paused,
-        "paused_reason": row.paused_reason,
-        "paused_until": row.paused_until,
-    }
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+        return await status_rows(config, store)
 
 
 @main.group("hubspot")
@@ -315,7 +284,7 @@ def pause(config_path: Path | None, tenant: str, target_name: str, reason: str) 
     """Stop delivering to a target (events keep queueing) until `resume`."""
     config = load(config_path)
     key = find_target(config, tenant, target_name).key
-    asyncio.run(_set_pause(config, key, f"paused by an operator: {reason}"))
+    asyncio.run(_set_pause(config, key, operator_reason(reason)))
     click.echo(f"{key}: paused (a running server stops within seconds; events keep queueing)")
 
 
@@ -334,9 +303,7 @@ def resume(config_path: Path | None, tenant: str, target_name: str) -> None:
 async def _set_pause(config: Config, key: str, reason: str | None) -> str | None:
     """Pause (a reason) or resume (None) the target; return why it was paused, if it was."""
     async with opened_store(config) as store:
-        was = (await store.target_state(key)).paused_reason
-        await store.set_paused(key, reason, None, by="operator")
-        return was
+        return await set_pause(store, key, reason)
 
 
 @main.command()

@@ -1,0 +1,11 @@
+"""The operator console: status and pause/resume in a browser, on its own admin listener.
+
+``app`` builds the aiohttp application, ``auth`` holds sign-in, sessions and CSRF, ``pages`` what
+the pages show. The webhook app (connector/receiver.py) and this one share no route.
+"""
+
+from __future__ import annotations
+
+from connector.console.app import Backend, create_console_app
+
+__all__ = ["Backend", "create_console_app"]
