@@ -20,12 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the project, not bench/
 from bench.common import ROOT, machine
-from bench.hubspot import CUSTOMER, TOKEN, drained, post_burst
-from connector.config import load_config
+from bench.hubspot import drained, hubspot_service, post_burst
 from connector.logs import configure_logging
 from connector.runtime import server_runner
 from connector.service import Service
@@ -36,24 +33,12 @@ HS_TOKEN = "hs-bench"
 
 
 async def start(folder: Path, fake: FakeHubSpot) -> Service:
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "server": {"host": "127.0.0.1", "port": 0},
-        "store": {"url": "sqlite:///companies.db"},
-        "tenants": {"demo": {
-            "customer_id": CUSTOMER,
-            "auth": {"values": [TOKEN]},
-            "targets": {"hubspot": {
-                "type": "hubspot", "access_token": HS_TOKEN, "base_url": fake.url,
-                "mapping": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
-                "company_mapping": str(ROOT / "mappings" / "hubspot-companies.yaml"),
-                "associate_company": True,
-            }},
-        }},
-    }))  # fmt: skip
-    service = Service(load_config(path))
-    await service.start()
-    return service
+    return await hubspot_service(
+        folder, "companies.db", fake.url,
+        mapping=str(ROOT / "mappings" / "hubspot-contacts.yaml"),
+        company_mapping=str(ROOT / "mappings" / "hubspot-companies.yaml"),
+        associate_company=True,
+    )  # fmt: skip
 
 
 def properties(fake: FakeHubSpot) -> None:

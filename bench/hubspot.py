@@ -70,44 +70,39 @@ async def scenario(
         "mimeeq_status", object_type="contacts", type="enumeration", field_type="select",
         options=[("ACTIVE", "Active"), ("INACTIVE", "Inactive")],
     )  # fmt: skip
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "server": {"host": "127.0.0.1", "port": 0},
-        "store": {"url": f"sqlite:///{folder.name}.db"},
-        "tenants": {"demo": {
-            "customer_id": CUSTOMER,
-            "auth": {"values": [TOKEN]},
-            "targets": {"hubspot": {
-                "type": "hubspot", "access_token": HS_TOKEN, "base_url": fake.url,
-                "mapping": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
-                "rate_limit": {"requests": limit, "per_seconds": per_seconds}, **target,
-            }},
-        }},
-    }))  # fmt: skip
-    service = Service(load_config(path))
-    await service.start()
+    service = await hubspot_service(
+        folder, f"{folder.name}.db", fake.url,
+        mapping=str(ROOT / "mappings" / "hubspot-contacts.yaml"),
+        rate_limit={"requests": limit, "per_seconds": per_seconds}, **target,
+    )  # fmt: skip
     return fake, service
 
 
-async def backlog_service(folder: Path, url: str) -> Service:
+async def hubspot_service(folder: Path, db: str, url: str, **target: Any) -> Service:
+    """The service with tenant ``demo`` and one HubSpot target at ``url``, started."""
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({
         "server": {"host": "127.0.0.1", "port": 0},
-        "store": {"url": "sqlite:///backlog.db"},
+        "store": {"url": f"sqlite:///{db}"},
         "tenants": {"demo": {
             "customer_id": CUSTOMER,
             "auth": {"values": [TOKEN]},
             "targets": {"hubspot": {
-                "type": "hubspot", "access_token": HS_TOKEN, "base_url": url,
-                "mapping": {"fields": {"firstname": "firstName", "lastname": "lastName",
-                                       "email": "emails[0].mail"}},
-                "rate_limit": {"requests": 100, "per_seconds": 1.0}, "concurrency": 8,
+                "type": "hubspot", "access_token": HS_TOKEN, "base_url": url, **target,
             }},
         }},
     }))  # fmt: skip
     service = Service(load_config(path))
     await service.start()
     return service
+
+
+async def backlog_service(folder: Path, url: str) -> Service:
+    fields = {"firstname": "firstName", "lastname": "lastName", "email": "emails[0].mail"}
+    return await hubspot_service(
+        folder, "backlog.db", url, mapping={"fields": fields},
+        rate_limit={"requests": 100, "per_seconds": 1.0}, concurrency=8,
+    )  # fmt: skip
 
 
 async def post_burst(service: Service, events: list[tuple[str, dict[str, Any]]]) -> float:
