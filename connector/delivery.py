@@ -41,6 +41,7 @@ from connector.logs import get_logger
 from connector.mapping import FieldMapping
 from connector.metrics import Metrics
 from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
+from connector.payloads import contact_links
 from connector.store.base import Claim, ClaimedItem, Relink, Result, Store, SyncState
 
 log = get_logger("connector.delivery")
@@ -386,8 +387,7 @@ class TargetWorker:
         object_type = object_type_of(item.event_type)
         payload = orjson.loads(item.payload)
         fields = mapping.apply(payload)
-        company = payload.get("companyId") if object_type == "contact" else None
-        company_id = str(company) if company else None
+        company_id, email = contact_links(payload, object_type)
         associates = self.adapter.associates_companies and object_type == "contact"
         state = item.state
         plan = None
@@ -416,7 +416,7 @@ class TargetWorker:
             cleared=plan.cleared if plan else (),
             company_id=company_id,
             company=linked,
-            email=_first_email(payload) if object_type == "contact" else None,
+            email=email,
             object_type=object_type,
         )
         return record, plan
@@ -512,11 +512,3 @@ class TargetWorker:
         self.paused_reason = self.paused_until = self.paused_by = None
         await self.store.set_paused(self.key, None, None)
         self._log.info("target resumed")
-
-
-def _first_email(payload: object) -> str | None:
-    """The contact's first e-mail address in the Mimeeq payload, for adapters that key on it."""
-    emails = payload.get("emails") if isinstance(payload, dict) else None
-    first = emails[0] if isinstance(emails, list) and emails else None
-    mail = first.get("mail") if isinstance(first, dict) else None
-    return str(mail) if mail else None

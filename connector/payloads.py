@@ -12,7 +12,7 @@ from typing import Annotated, NotRequired
 from pydantic import ConfigDict, StringConstraints, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from connector.adapter import Operation
+from connector.adapter import ObjectType, Operation
 
 # The events the connector syncs, and what each does to its object (the object type is the
 # event's prefix: connector.adapter.object_type_of).
@@ -148,3 +148,16 @@ PAYLOAD_SCHEMAS: dict[
     "company-updated": COMPANY,
     "company-deleted": COMPANY,
 }
+
+
+def contact_links(payload: object, object_type: ObjectType) -> tuple[str | None, str | None]:
+    """What adapters get from a contact's payload beside its mapped fields: the Mimeeq company
+    it belongs to, and its first e-mail address (for targets that key on it). None for a
+    company."""
+    if object_type != "contact" or not isinstance(payload, dict):
+        return None, None
+    company = payload.get("companyId")
+    emails = payload.get("emails")
+    first = emails[0] if isinstance(emails, list) and emails else None
+    mail = first.get("mail") if isinstance(first, dict) else None
+    return (str(company) if company else None), (str(mail) if mail else None)

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from fake_hubspot import FakeHubSpot
-from testkit.payloads import CUSTOMER, ROOT, TOKEN
+from testkit.payloads import ROOT, write_config
 
 HS_TOKEN = "hs-end-to-end-token"
 STATUS_WITHOUT_DEFAULT = {"from": "status", "map": {"ACTIVE": "OPEN", "INACTIVE": "UNQUALIFIED"}}
@@ -44,29 +43,17 @@ async def fake(hubspot_token: None) -> AsyncIterator[FakeHubSpot]:
 
 
 def hubspot_config(folder: Path, fake: FakeHubSpot, **target: Any) -> Path:
-    config = {
-        "server": {"host": "127.0.0.1", "port": 0, "drain_timeout": 10},
-        "store": {"url": "sqlite:///connector.db"},
-        "tenants": {
-            "demo": {
-                "customer_id": CUSTOMER,
-                "auth": {"header": "X-Mimeeq-Token", "values": [TOKEN]},
-                "targets": {
-                    "hubspot": {
-                        "type": "hubspot",
-                        "access_token": "${TEST_HUBSPOT_TOKEN}",
-                        "base_url": fake.url,
-                        # The shipped mapping, and the lead status as a field HubSpot can refuse.
-                        "mapping": {
-                            "extends": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
-                            "fields": {"hs_lead_status": STATUS_WITHOUT_DEFAULT},
-                        },
-                        **target,
-                    }
-                },
-            }
+    """Tenant ``demo`` with one HubSpot target at the fake, its token read from the environment."""
+    hubspot = {
+        "type": "hubspot",
+        "access_token": "${TEST_HUBSPOT_TOKEN}",
+        "base_url": fake.url,
+        # The shipped mapping, and the lead status as a field HubSpot can refuse.
+        "mapping": {
+            "extends": str(ROOT / "mappings" / "hubspot-contacts.yaml"),
+            "fields": {"hs_lead_status": STATUS_WITHOUT_DEFAULT},
         },
+        **target,
     }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    server = {"host": "127.0.0.1", "port": 0, "drain_timeout": 10}
+    return write_config(folder, {"hubspot": hubspot}, server=server)

@@ -138,13 +138,15 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
-async def post_all(url: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+async def post_all(url: str, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Post the webhooks for tenant ``demo`` at once; return each 202's status, in order."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as http:
 
-        async def post(event: str, body: dict[str, Any]) -> None:
+        async def post(event: str, body: dict[str, Any]) -> str:
             async with http.post(
                 f"{url}/webhooks/demo/{event}", json=body, headers={"X-Mimeeq-Token": TOKEN}
             ) as response:
                 assert response.status == 202, await response.text()
+                return str((await response.json())["status"])
 
-        await asyncio.gather(*(post(event, body) for event, body in events))
+        return await asyncio.gather(*(post(event, body) for event, body in events))

@@ -30,7 +30,7 @@ from connector.errors import ConfigError, DeliveryError, RecordMappingError
 from connector.keys import split_key
 from connector.logs import configure_logging, get_logger
 from connector.operations import age, operator_reason, set_pause, status_dict, status_rows
-from connector.payloads import EVENTS, PAYLOAD_SCHEMAS
+from connector.payloads import EVENTS, PAYLOAD_SCHEMAS, contact_links
 from connector.receiver import describe
 from connector.runtime import server_runner
 from connector.store.base import TargetStatus
@@ -162,10 +162,8 @@ def map_command(
 
 def _first_write(event: str, payload: dict[str, Any], fields: dict[str, Any]) -> Record:
     """The record the worker would push for this payload with no state (as delivery._record)."""
-    from connector.delivery import _first_email
-
     object_type = object_type_of(event)
-    company = payload.get("companyId") if object_type == "contact" else None
+    company_id, email = contact_links(payload, object_type)
     return Record(
         contact_id=str(payload["id"]),
         op=EVENTS[event],
@@ -175,8 +173,8 @@ def _first_write(event: str, payload: dict[str, Any], fields: dict[str, Any]) ->
         payload=payload,
         remote_id=None,
         attempt=1,
-        company_id=str(company) if company else None,
-        email=_first_email(payload) if object_type == "contact" else None,
+        company_id=company_id,
+        email=email,
         object_type=object_type,
     )
 

@@ -11,14 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
 from connector.mapping import load_mapping
-from testkit.payloads import CUSTOMER, ROOT, TOKEN, contact
-from testkit.service import ServerProcess, drained
+from testkit.payloads import CUSTOMER, ROOT, contact, write_config
+from testkit.service import ServerProcess, drained, post_all
 from testkit.waiting import eventually
 
 CRM_TOKEN = "crm-end-to-end-token-0123456789"
@@ -160,33 +158,8 @@ def rest_config(folder: Path, crm: FakeCrm, **options: Any) -> Path:
         "backoff": {"initial": 0.05, "max": 0.5},
         **options,
     }
-    config = {
-        "server": {"host": "127.0.0.1", "port": 0, "drain_timeout": 10},
-        "store": {"url": "sqlite:///connector.db"},
-        "tenants": {
-            "demo": {
-                "customer_id": CUSTOMER,
-                "auth": {"header": "X-Mimeeq-Token", "values": [TOKEN]},
-                "targets": {"crm": target},
-            }
-        },
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-async def post_all(url: str, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as http:
-
-        async def post(event: str, body: dict[str, Any]) -> str:
-            async with http.post(
-                f"{url}/webhooks/demo/{event}", json=body, headers={"X-Mimeeq-Token": TOKEN}
-            ) as response:
-                assert response.status == 202, await response.text()
-                return str((await response.json())["status"])
-
-        return await asyncio.gather(*(post(event, body) for event, body in events))
+    server = {"host": "127.0.0.1", "port": 0, "drain_timeout": 10}
+    return write_config(folder, {"crm": target}, server=server)
 
 
 async def test_100_contacts_reach_a_flaky_rest_crm_exactly_as_mapped(
