@@ -37,7 +37,7 @@ from connector import mirror
 from connector.adapter import CLAIM_HOLD, Adapter, ClaimHold, Record, object_type_of
 from connector.config import Target
 from connector.errors import RecordMappingError, TargetPaused
-from connector.logs import get_logger
+from connector.logs import get_logger, mask
 from connector.mapping import FieldMapping
 from connector.metrics import Metrics
 from connector.outcomes import CompanyLink, Dead, Delivered, Outcome, Retry, Undelivered
@@ -100,6 +100,8 @@ class TargetWorker:
         self._log = log.bind(tenant=target.tenant, target=target.name)
         self._troubles: dict[str, float] = {}  # when each kind of error was last logged
         self._swept = False  # contacts waiting for a company looked at since the start
+        # The last problem this process met pushing to the target, masked: (wall clock, text).
+        self.last_error: tuple[float, str] | None = None
 
     @property
     def running(self) -> bool:
@@ -174,6 +176,10 @@ class TargetWorker:
                 self._troubles.clear()
             self._troubles[kind] = now
             self._log.error(message, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        self._note_error(kind)
+
+    def _note_error(self, text: str) -> None:
+        self.last_error = (time.time(), mask(text))
 
     async def _renew(self, claim: Claim, hold: ClaimHold) -> None:
         """Keep the claim while its push runs; a write stops when the renewals stop working."""
@@ -470,6 +476,8 @@ class TargetWorker:
                 )
             results.append(dataclasses.replace(result, mapping=self._mapping_source(item)))
             counts[result.kind] += 1
+            if result.error:
+                self._note_error(result.error)
             if result.kind == "dead":
                 self._log.warning(
                     "record dead",
@@ -501,6 +509,7 @@ class TargetWorker:
     async def _pause(self, claim: Claim, reason: str, until: float | None) -> list[Result]:
         self.paused_until = until if until is not None else time.time() + PROBE_INTERVAL
         self.paused_reason, self.paused_by = reason, "target"
+        self._note_error(reason)
         await self.store.set_paused(self.key, reason, self.paused_until)
         self._log.error("target paused", reason=reason, until=until)
         self._count("released", len(claim.items))

@@ -35,6 +35,10 @@ class RateLimiter(ABC):
     def hold(self, seconds: float) -> None:
         """Nobody starts a request for ``seconds`` (after a 429, or a budget running dry)."""
 
+    @abstractmethod
+    async def in_window(self) -> int:
+        """How many of the ``requests`` the current window has used (the console shows it)."""
+
     def observe(self, remaining: int | None, limit: int | None, interval: float | None) -> None:
         """Take the target's own count into account (``X-…-Remaining``, ``-Max``, interval s).
 
@@ -94,6 +98,10 @@ class LocalRateLimiter(RateLimiter):
 
     def hold(self, seconds: float) -> None:
         self._held_until = max(self._held_until, time.monotonic() + seconds)
+
+    async def in_window(self) -> int:
+        since = time.monotonic() - self.window
+        return sum(1 for at in self._starts if at > since)
 
 
 _Key = tuple[str, int, float]

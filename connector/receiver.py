@@ -39,7 +39,7 @@ from connector.http_server import ReadTimeout, send_continue
 from connector.logs import Throttled, get_logger
 from connector.payloads import EVENTS, OTHER_EVENTS, PAYLOAD_SCHEMAS
 from connector.responses import HEADERS, echo, error, first_line, json_response, unavailable
-from connector.store.base import Accepted, NewEvent
+from connector.store.base import Accepted, NewEvent, payload_emails
 
 log = get_logger("connector.receiver")
 
@@ -329,6 +329,7 @@ class Receiver:
                     op,
                     body,
                     tenant.targets_for(object_type_of(event)),
+                    payload_emails(payload) if object_type_of(event) == "contact" else (),
                 )
             )
         except asyncio.CancelledError:

@@ -12,7 +12,7 @@ import time
 from aiohttp import web
 
 from connector.config import DEMO_TOKEN, AdminSettings, Config, Target, load_config
-from connector.console import Backend, create_console_app
+from connector.console import Backend, TargetLive, create_console_app
 from connector.delivery import TargetWorker
 from connector.errors import ConfigError
 from connector.health import StoreHealth, describe_error
@@ -42,6 +42,7 @@ class Service:
         self.metrics = Metrics()
         self.store_health = StoreHealth(self.store)
         self.workers: dict[str, TargetWorker] = {}
+        self._budgets: dict[str, RateLimiter] = {}  # each rate-limited target's account budget
         self.accepting = False
         self._runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None  # the operator console, when configured
@@ -141,6 +142,7 @@ class Service:
             settings=lambda: self.config.admin or admin,  # a reload may rotate the token
             config=lambda: self.config,
             store=lambda: self.store,
+            live=self.live,
         )
         self._admin_runner = web.AppRunner(
             create_console_app(backend),
@@ -186,7 +188,12 @@ class Service:
 
     async def _start_worker(self, target: Target) -> None:
         report = MetricsReporter(self.metrics, target.tenant, target.name)
-        context = target.context(report, self._limiter)
+
+        def limiter(base_url: str, secret: str, requests: int, per_seconds: float) -> RateLimiter:
+            self._budgets[target.key] = self._limiter(base_url, secret, requests, per_seconds)
+            return self._budgets[target.key]
+
+        context = target.context(report, limiter)
         adapter = target.adapter(target.settings, context)
         await adapter.open()
         worker = TargetWorker(target, adapter, self.store, self.metrics)
@@ -200,8 +207,24 @@ class Service:
         shared = self.store.rate_limiter(account_key(base_url, secret), requests, per_seconds)
         return shared or shared_limiter(base_url, secret, requests, per_seconds)
 
+    async def live(self) -> dict[str, TargetLive]:
+        """What this process knows of each target beyond the store: for the console."""
+        found = {}
+        for key, worker in self.workers.items():
+            budget = self._budgets.get(key)
+            used = None
+            if budget is not None:
+                with contextlib.suppress(Exception):  # the store is down: shown as unknown
+                    used = await budget.in_window()
+            found[key] = TargetLive(
+                budget=(used, budget.requests) if budget is not None else None,
+                last_error=worker.last_error,
+            )
+        return found
+
     async def _stop_worker(self, key: str, grace: float) -> None:
         worker = self.workers.pop(key)
+        self._budgets.pop(key, None)
         await worker.stop(grace)
         try:
             await worker.adapter.close()

@@ -9,6 +9,7 @@ import pytest
 
 from connector.config import Config, load_config
 from connector.service import Service
+from testkit.console import client, console  # noqa: F401  (fixtures)
 from testkit.hubspot import fake, hubspot_token  # noqa: F401  (fixtures)
 from testkit.payloads import write_config
 from testkit.service import ServerProcess, free_port
@@ -20,6 +21,7 @@ KINDS = {
     "component": "one part of the service against fakes: an adapter, the receiver, the CLI",
     "e2e": "the service as a real process (or several), webhooks in, a target's state out",
     "deploy": "the Dockerfile, Kubernetes and compose files, dashboards",
+    "browser": "a real headless Chromium against the real server process (the console)",
 }
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from connector import operations
 from connector.backfill import (
     KINDS,
     Kind,
@@ -45,8 +46,15 @@ from connector.cli.base import (
 )
 from connector.config import Config
 from connector.keys import split_key
-from connector.mirror import masked
-from connector.store.base import DeadLetter, DeadLetterPick, NewEvent, Replayed, Trace
+from connector.operations import letter_dict
+from connector.store.base import (
+    DeadLetter,
+    DeadLetterPick,
+    NewEvent,
+    Replayed,
+    Trace,
+    payload_emails,
+)
 
 tenant_option = click.option("--tenant", default=None, help="Only this tenant's targets.")
 target_option = click.option("--target", default=None, help="Only this target (needs --tenant).")
@@ -56,8 +64,20 @@ DEAD_LETTER_ID = click.IntRange(1, MAX_ID)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+reason_option = click.option(
+    "--reason", default=None, help="Only those whose error contains this text (any case)."
+)
+older_option = click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Only those that last failed more than this many days ago.",
+)
+
+
 def dead_letter_choice(all_help: str) -> Callable[[F], F]:
-    """The options that choose dead letters: ids, or --all (of --tenant/--target)."""
+    """The options that choose dead letters: ids, or --all (of --tenant/--target, narrowed by
+    --reason and --older-than-days)."""
 
     def decorate(command: F) -> F:
         for option in reversed((
@@ -66,11 +86,21 @@ def dead_letter_choice(all_help: str) -> Callable[[F], F]:
             click.option("--all", "all_of", is_flag=True, help=all_help),
             tenant_option,
             target_option,
+            reason_option,
+            older_option,
         )):  # fmt: skip
             command = option(command)
         return command
 
     return decorate
+
+
+def letter_pick(
+    targets: list[str] | None, reason: str | None, older_than_days: float | None
+) -> DeadLetterPick:
+    """The dead letters the filter options choose (as the console's filters do)."""
+    before = time.time() - older_than_days * 86_400 if older_than_days is not None else None
+    return DeadLetterPick(targets=targets, failed_before=before, error_contains=reason or None)
 
 
 @main.group()
@@ -82,17 +112,27 @@ def dlq() -> None:
 @config_option
 @tenant_option
 @target_option
+@reason_option
+@older_option
 @click.option("--limit", type=click.IntRange(0, MAX_ID), default=1000, show_default=True)
 @json_option
 def dlq_list(
-    config_path: Path | None, tenant: str | None, target: str | None, limit: int, as_json: bool
+    config_path: Path | None,
+    tenant: str | None,
+    target: str | None,
+    reason: str | None,
+    older_than_days: float | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """Dead letters not replayed yet, oldest first."""
     config = load(config_path, need="store")
     targets = pick_targets(config, tenant, target) if tenant else None
-    letters = asyncio.run(_dead_letters(config, targets, limit))
+    letters = asyncio.run(
+        _dead_letters(config, letter_pick(targets, reason, older_than_days), limit)
+    )
     if as_json:
-        print_json([_letter_dict(letter) for letter in letters])
+        print_json([letter_dict(letter) for letter in letters])
         return
     if not letters:
         click.echo("no dead letters")
@@ -106,9 +146,9 @@ def dlq_list(
     table(rows)
 
 
-async def _dead_letters(config: Config, targets: list[str] | None, limit: int) -> list[DeadLetter]:
+async def _dead_letters(config: Config, pick: DeadLetterPick, limit: int) -> list[DeadLetter]:
     async with opened_store(config) as store:
-        return await store.dead_letters(targets, limit)
+        return await store.dead_letters(limit=limit, pick=pick)
 
 
 @dlq.command("show")
@@ -122,7 +162,7 @@ def dlq_show(config_path: Path | None, dead_letter_id: int, as_json: bool) -> No
     if letter is None:
         fail(f"no dead letter {dead_letter_id}")
         return
-    details = _letter_dict(letter)
+    details = letter_dict(letter)
     payload = orjson.loads(letter.payload) if letter.payload else None
     if as_json:
         print_json({**details, "payload": payload})
@@ -140,15 +180,6 @@ async def _dead_letter(config: Config, dead_letter_id: int) -> DeadLetter | None
         return await store.dead_letter(dead_letter_id)
 
 
-def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
-    details = asdict(letter)
-    details.pop("payload")
-    tenant, target = split_key(letter.target)
-    return {"id": letter.id, "tenant": tenant, "target": target} | {
-        k: v for k, v in details.items() if k not in ("id", "target")
-    }
-
-
 @dlq.command("replay")
 @dead_letter_choice("Every dead letter not replayed yet.")
 @click.option("--wait", type=float, default=0, help="Wait up to this many seconds for outcomes.")
@@ -159,6 +190,8 @@ def dlq_replay(
     all_of: bool,
     tenant: str | None,
     target: str | None,
+    reason: str | None,
+    older_than_days: float | None,
     wait: float,
     as_json: bool,
 ) -> None:
@@ -171,7 +204,8 @@ def dlq_replay(
         raise click.UsageError("give dead letter ids, or --all")
     config = load(config_path)
     targets = pick_targets(config, tenant, target)
-    report, outcomes = asyncio.run(_replay(config, list(ids) or None, targets, all_of, wait))
+    pick = letter_pick(targets, reason, older_than_days) if all_of else None
+    report, outcomes = asyncio.run(_replay(config, list(ids) or None, targets, pick, wait))
     if as_json:
         print_json([asdict(r) | {"outcome": outcomes.get(r.dead_letter)} for r in report])
     else:
@@ -187,46 +221,18 @@ def dlq_replay(
 
 
 async def _replay(
-    config: Config, ids: list[int] | None, targets: list[str], all_of: bool, wait: float
+    config: Config,
+    ids: list[int] | None,
+    targets: list[str],
+    pick: DeadLetterPick | None,
+    wait: float,
 ) -> tuple[list[Replayed], dict[int, str]]:
     async with opened_store(config) as store:
-        started = time.time()
-        report = await store.replay(ids, targets, all_of=all_of)
-        queued = [r for r in report if r.action in ("queued", "already queued")]
-        outcomes: dict[int, str] = {}
-        deadline = time.monotonic() + wait
-        while queued and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            still = set()
-            for key in {r.target for r in queued}:
-                still |= {(key, c) for c in await store.queued(key, [r.contact_id for r in queued])}
-            if not any((r.target, r.contact_id) in still for r in queued):
-                break
-        if wait:
-            dead_again = {
-                (d.target, d.contact_id): d.error
-                for d in await store.dead_letters(sorted({r.target for r in queued}))
-                if d.failed_at >= started
-            }
-            for r in queued:
-                pending = await store.queued(r.target, [r.contact_id])
-                outcomes[r.dead_letter] = (
-                    "still queued" if pending
-                    else f"dead again: {dead_again[(r.target, r.contact_id)]}"
-                    if (r.target, r.contact_id) in dead_again
-                    else "delivered"
-                )  # fmt: skip
-        return report, outcomes
+        return await operations.replay_and_wait(store, ids, targets, pick, wait)
 
 
 @dlq.command("purge")
 @dead_letter_choice("Every dead letter (of --tenant/--target).")
-@click.option(
-    "--older-than-days",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Only those that last failed more than this many days ago.",
-)
 @click.option("--yes", is_flag=True, help="Do not ask before purging --all.")
 @json_option
 def dlq_purge(
@@ -235,6 +241,7 @@ def dlq_purge(
     all_of: bool,
     tenant: str | None,
     target: str | None,
+    reason: str | None,
     older_than_days: float | None,
     yes: bool,
     as_json: bool,
@@ -247,9 +254,11 @@ def dlq_purge(
     if all_of and not yes:
         scope = f" of {', '.join(targets)}" if targets else ""
         age = f" older than {older_than_days:g} days" if older_than_days is not None else ""
-        click.confirm(f"Delete every dead letter{scope}{age} for good?", abort=True, err=True)
-    before = time.time() - older_than_days * 86_400 if older_than_days is not None else None
-    pick = DeadLetterPick(ids=list(ids) or None, targets=targets, failed_before=before)
+        about = f" whose error contains {reason!r}" if reason else ""
+        click.confirm(
+            f"Delete every dead letter{scope}{about}{age} for good?", abort=True, err=True
+        )
+    pick = replace(letter_pick(targets, reason, older_than_days), ids=list(ids) or None)
     purged = asyncio.run(_purge(config, pick))
     if as_json:
         print_json({"purged": purged})
@@ -299,7 +308,7 @@ async def _resync(
     config: Config, targets: list[str], contact_ids: list[str] | None
 ) -> dict[str, int]:
     async with opened_store(config) as store:
-        return {key: await store.resync(key, contact_ids) for key in targets}
+        return await operations.resync(store, targets, contact_ids)
 
 
 @main.command()
@@ -312,15 +321,15 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
     config = load(config_path, need="store")
     found = asyncio.run(_trace(config, contact_id))
     if as_json:
-        print_json(_trace_dict(found))
+        print_json(operations.trace_dict(found))
         return
-    if not (found.events or found.attempts or found.dead_letters or found.pending):
+    if operations.trace_is_empty(found):
         fail(
             f"nothing known about {contact_id} (events are kept "
             f"{config.store.retention_days:g} days after delivery)"
         )
     event_ids = {e.seq: e.event_id for e in found.events}
-    click.echo(f"{_object_of(contact_id)} {contact_id}")
+    click.echo(f"{operations.object_of(contact_id)} {contact_id}")
     click.echo("events received:")
     for e in found.events:
         fate = f"dropped: {e.dropped}" if e.dropped else "queued"
@@ -333,7 +342,7 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
         source = f"event {event_ids.get(a.seq, a.seq)}, mapping {a.mapping or '-'}"
         click.echo(f"  {when(a.at)}  {a.target}  {a.outcome}{detail}{crm}  ({source})")
         if a.fields and a.outcome in ("delivered", "unchanged"):
-            click.echo(_fields_line(_fields(a.fields) or {}))
+            click.echo("      " + "; ".join(operations.push_words(a.fields)))
     for key, (op, tries, due, error) in found.pending.items():
         failed = f", {tries} failed attempt(s), last error: {error}" if tries else ""
         click.echo(f"pending: {key} {op}, next try {when(due)}{failed}")
@@ -345,54 +354,9 @@ def trace(config_path: Path | None, contact_id: str, as_json: bool) -> None:
         click.echo(f"CRM id: {key} {remote}")
 
 
-def _fields(text: str | None) -> dict[str, Any] | None:
-    """An attempt's fields, the values written masked like the logs."""
-    if not text:
-        return None
-    fields: dict[str, Any] = orjson.loads(text)
-    fields["written"] = {k: masked(v) for k, v in (fields.get("written") or {}).items()}
-    return fields
-
-
-def _fields_line(fields: dict[str, Any]) -> str:
-    """What a push wrote (values masked like the logs), cleared and skipped as unchanged."""
-    parts = []
-    if written := fields.get("written"):
-        shown = ", ".join(
-            f"{name}={orjson.dumps(value).decode()}" for name, value in written.items()
-        )
-        parts.append(f"wrote {shown}")
-    if cleared := fields.get("cleared"):
-        parts.append(f"cleared {', '.join(cleared)}")
-    if unchanged := fields.get("unchanged"):
-        parts.append(f"unchanged {', '.join(unchanged)}")
-    return "      " + ("; ".join(parts) or "nothing to write")
-
-
-def _object_of(mimeeq_id: str) -> str:
-    """What a Mimeeq id names, as Mimeeq prefixes it (CONT-…, COMP-…)."""
-    return "company" if mimeeq_id.startswith("COMP-") else "contact"
-
-
 async def _trace(config: Config, contact_id: str) -> Trace:
     async with opened_store(config) as store:
         return await store.trace(contact_id)
-
-
-def _trace_dict(found: Trace) -> dict[str, Any]:
-    return {
-        "events": [
-            asdict(e) | {"payload": orjson.loads(e.payload) if e.payload else None}
-            for e in found.events
-        ],
-        "attempts": [asdict(a) | {"fields": _fields(a.fields)} for a in found.attempts],
-        "dead_letters": [_letter_dict(d) for d in found.dead_letters],
-        "pending": {
-            key: {"op": op, "failed_attempts": tries, "due_at": due, "last_error": error}
-            for key, (op, tries, due, error) in found.pending.items()
-        },
-        "remote_ids": found.remote_ids,
-    }
 
 
 @main.command("import")
@@ -563,8 +527,9 @@ async def _import(
                 result.rows += 1
                 if not result.unusable:  # once refused, the events are not needed
                     body = orjson.dumps(row.payload)
+                    emails = payload_emails(row.payload) if kind == "contacts" else ()
                     events.append(NewEvent(slug, spec.event, row.payload["id"], "upsert", body,
-                                           targets))  # fmt: skip
+                                           targets, emails))  # fmt: skip
             advance(max(lines - done, 0))
     except OSError as exc:  # the file vanished, or cannot be read: nothing stored
         result.status, result.error = "refused", f"cannot read {file}: {exc}"

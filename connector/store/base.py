@@ -21,7 +21,9 @@ each live contact's latest state, so that a forced full re-write (``resync``) ca
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -75,17 +77,35 @@ class DeadLetterPick:
     ids: Sequence[int] | None = None
     targets: Sequence[str] | None = None
     failed_before: float | None = None  # wall clock
+    error_contains: str | None = None  # in the target's message, whatever the case
+    not_replayed: bool = False
+    after_id: int | None = None  # those after this one (paging through a long list)
 
-    def where(self) -> tuple[str, list[Any]]:
-        """The condition in ``?`` style, and its parameters."""
+    def where(self, alias: str = "") -> tuple[str, list[Any]]:
+        """The condition in ``?`` style, valid in SQLite and PostgreSQL, and its parameters
+        (``alias``: the table's, as ``d.``, where the query joins another)."""
         where, params = ["1 = 1"], list[Any]()
         for column, values in (("id", self.ids), ("target", self.targets)):
             if values is not None:  # an empty list picks nothing (PostgreSQL refuses "IN ()")
-                where.append(f"{column} IN ({', '.join('?' * len(values))})" if values else "1 = 0")
+                where.append(
+                    f"{alias}{column} IN ({', '.join('?' * len(values))})" if values else "1 = 0"
+                )
                 params += values
         if self.failed_before is not None:
-            where.append("failed_at < ?")
+            where.append(f"{alias}failed_at < ?")
             params.append(self.failed_before)
+        if self.error_contains is not None:
+            # LIKE with its wildcards escaped: the text is matched literally, and the same SQL
+            # runs in both stores (SQLite has no strpos, PostgreSQL no instr).
+            where.append(
+                f"lower({alias}error) LIKE ('%' || lower(CAST(? AS TEXT)) || '%') ESCAPE '\\'"
+            )
+            params.append(re.sub(r"([\\%_])", r"\\\1", self.error_contains))
+        if self.after_id is not None:
+            where.append(f"{alias}id > ?")
+            params.append(self.after_id)
+        if self.not_replayed:
+            where.append(f"{alias}replayed_at IS NULL")
         return " AND ".join(where), params
 
 
@@ -112,6 +132,29 @@ class NewEvent:
     op: Operation
     payload: bytes  # the body exactly as received
     targets: tuple[str, ...]  # keys ("tenant/target") of the targets it goes to
+    emails: tuple[str, ...] = ()  # the payload's e-mail addresses (``contacts_by_email``)
+
+
+def payload_emails(payload: object) -> tuple[str, ...]:
+    """The e-mail addresses of a contact's (validated) payload: each non-empty ``mail`` of its
+    ``emails``; none for anything else."""
+    emails = payload.get("emails") if isinstance(payload, dict) else None
+    if not isinstance(emails, list):
+        return ()
+    mails = (entry.get("mail") for entry in emails if isinstance(entry, dict))
+    return tuple(mail for mail in mails if isinstance(mail, str) and mail.strip())
+
+
+def normal_email(address: str) -> str:
+    """An address as looked up: the same however it was typed (case, surrounding spaces)."""
+    return address.strip().casefold()
+
+
+def email_hash(key: bytes, address: str) -> bytes:
+    """What the lookup table keeps of an address. Keyed with the store's own random key: the
+    table alone (a dump, a backup) does not let anyone test a list of known addresses against it,
+    as a plain digest would."""
+    return hmac.new(key, normal_email(address).encode(), hashlib.sha256).digest()
 
 
 def event_digest(event: NewEvent) -> int:
@@ -358,9 +401,14 @@ class OperatorStore(ABC):
 
     @abstractmethod
     async def dead_letters(
-        self, targets: Sequence[str] | None = None, limit: int = 1000
+        self,
+        targets: Sequence[str] | None = None,
+        limit: int = 1000,
+        *,
+        pick: DeadLetterPick | None = None,
     ) -> list[DeadLetter]:
-        """Dead letters not replayed yet, oldest first (of ``targets`` when given)."""
+        """Dead letters not replayed yet, oldest first (of ``targets`` when given, and of those
+        ``pick`` chooses)."""
 
     @abstractmethod
     async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
@@ -399,8 +447,15 @@ class OperatorStore(ABC):
         """Everything the store knows about one contact."""
 
     @abstractmethod
+    async def contacts_by_email(self, email: str) -> list[tuple[str, str]]:
+        """``(tenant, contact_id)`` of the contacts whose events carried this address (in any
+        case, spaces around it ignored), most recently seen first. Only its keyed hash is kept
+        (``email_hash``)."""
+
+    @abstractmethod
     async def prune(self, retention: float) -> dict[str, int]:
-        """Delete events and attempts older than ``retention`` seconds that nothing needs."""
+        """Delete events and attempts older than ``retention`` seconds that nothing needs, and
+        the addresses no event has carried since (``contact_emails``)."""
 
 
 class Store(QueueStore, OperatorStore):

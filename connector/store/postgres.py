@@ -44,6 +44,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import orjson
@@ -61,6 +62,7 @@ from connector.store.base import (
     SchemaPolicy,
     Store,
     SyncState,
+    email_hash,
     event_digest,
     new_event_id,
     schema_problem,
@@ -68,12 +70,14 @@ from connector.store.base import (
 from connector.store.postgres_ops import PostgresOperations
 from connector.store.postgres_sql import (
     Q_APPEND,
+    Q_APPEND_EMAILS,
     Q_ATTEMPTS,
     Q_CLAIM,
     Q_CLAIMED_ROWS,
     Q_COUNT_DELIVERED,
     Q_DEAD,
     Q_DROP_ROWS,
+    Q_EMAIL_KEY,
     Q_FORGET,
     Q_KEEP_NEWER,
     Q_LOCK_CONTACTS,
@@ -136,6 +140,7 @@ class PostgresStore(PostgresOperations, Store):
         self._unannounced: dict[str, int] = {}  # events queued per tenant, not announced yet
         self._announcer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._email_key: bytes | None = None  # contact_emails' key, read once at open/migrate
 
     def __repr__(self) -> str:
         return f"PostgresStore({redacted(self.url)!r})"
@@ -157,6 +162,7 @@ class PostgresStore(PostgresOperations, Store):
                     raise ConfigError(problem)
             async with self._pool.acquire() as conn:
                 schema = await conn.fetchval("SELECT current_schema()")
+                self._email_key = await self._read_email_key(conn)
             digest = hashlib.sha256(str(schema).encode()).hexdigest()[:16]
             self._channel = f"mimeeq_connector_{digest}"  # identifiers stop at 63 bytes
         except BaseException:
@@ -193,6 +199,14 @@ class PostgresStore(PostgresOperations, Store):
         version: int = await conn.fetchval(Q_VERSION)
         return version
 
+    @staticmethod
+    async def _read_email_key(conn: PoolConnectionProxy[asyncpg.Record]) -> bytes | None:
+        """The key of ``contact_emails``; None while the schema predates it."""
+        if await conn.fetchval("SELECT to_regclass('email_key')") is None:
+            return None
+        key: bytes = await conn.fetchval(Q_EMAIL_KEY)
+        return key
+
     async def migrate(self) -> tuple[int, int]:
         async with self.pool.acquire() as conn:
             schema = await conn.fetchval("SELECT current_schema()")
@@ -214,6 +228,7 @@ class PostgresStore(PostgresOperations, Store):
                     version += 1
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", key)
+            self._email_key = await self._read_email_key(conn)
         problem = schema_problem(redacted(self.url), version, len(MIGRATIONS))
         if problem:
             raise ConfigError(problem)
@@ -277,8 +292,16 @@ class PostgresStore(PostgresOperations, Store):
         if not events:
             return []
         now = time.time()
+        # Events carrying addresses record them in the same statement; others pay nothing.
+        emails: list[Any] = []
+        if any(ev.emails for ev in events):
+            key = self._email_key
+            if key is None:
+                raise RuntimeError("the store's schema predates contact_emails: migrate it")
+            pairs = [(email_hash(key, e), n) for n, ev in enumerate(events, 1) for e in ev.emails]
+            emails = [[digest for digest, _ in pairs], [n for _, n in pairs]]
         rows = await self.pool.fetch(
-            Q_APPEND,
+            Q_APPEND_EMAILS if emails else Q_APPEND,
             [new_event_id() for _ in events],
             [ev.tenant for ev in events],
             [ev.contact_id for ev in events],
@@ -291,6 +314,7 @@ class PostgresStore(PostgresOperations, Store):
             now,
             now - self.dedupe_window,
             q.DROPPED_AFTER_DELETE,
+            *emails,
         )
         accepted = [_accepted(status, event_id) for status, event_id in rows]
         for event, answer in zip(events, accepted, strict=True):

@@ -32,8 +32,11 @@ from connector.store.base import (
     Trace,
     TraceAttempt,
     TraceEvent,
+    email_hash,
+    normal_email,
 )
 from connector.store.postgres_sql import (
+    Q_CONTACTS_BY_EMAIL,
     Q_DEAD_BY_ID,
     Q_DEAD_LETTERS,
     Q_LATEST_STATE,
@@ -41,6 +44,7 @@ from connector.store.postgres_sql import (
     Q_MARK_REPLAYED,
     Q_PRUNE_ATTEMPTS,
     Q_PRUNE_CANDIDATES,
+    Q_PRUNE_EMAILS,
     Q_PRUNE_EVENTS,
     Q_REPLAYABLE,
     Q_SET_PAUSED,
@@ -73,6 +77,7 @@ Q_WAITING_AMONG = f"{Q_WAITING} AND s.contact_id = ANY($2::TEXT[])"
 class PostgresOperations(OperatorStore):
     prune_slice = 2000  # rows deleted per transaction by prune()
     replay_slice = 500  # dead letters replayed per transaction (each locks its contact)
+    _email_key: bytes | None = None  # contact_emails' key (the store reads it at open)
 
     @property
     @abstractmethod
@@ -98,21 +103,14 @@ class PostgresOperations(OperatorStore):
         return logic.statuses(queued, dead, known)
 
     async def dead_letters(
-        self, targets: Sequence[str] | None = None, limit: int = 1000
+        self,
+        targets: Sequence[str] | None = None,
+        limit: int = 1000,
+        *,
+        pick: DeadLetterPick | None = None,
     ) -> list[DeadLetter]:
-        sql = Q_DEAD_LETTERS.format(payload="NULL")
-        if targets is None:
-            rows = await self.pool.fetch(
-                f"{sql} WHERE d.replayed_at IS NULL ORDER BY d.id LIMIT $1", limit
-            )
-        else:
-            rows = await self.pool.fetch(
-                f"{sql} WHERE d.replayed_at IS NULL AND d.target = ANY($1::TEXT[])"
-                " ORDER BY d.id LIMIT $2",
-                list(targets),
-                limit,
-            )
-        return [DeadLetter(*row) for row in rows]
+        sql, params = q.dead_letter_list(targets, limit, pick)
+        return [DeadLetter(*row) for row in await self.pool.fetch(numbered(sql), *params)]
 
     async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         sql = Q_DEAD_LETTERS.format(payload="e.payload")
@@ -229,9 +227,15 @@ class PostgresOperations(OperatorStore):
             }
         return Trace(events, attempts, dead, pending, remote_ids)
 
+    async def contacts_by_email(self, email: str) -> list[tuple[str, str]]:
+        if not normal_email(email) or self._email_key is None:
+            return []
+        rows = await self.pool.fetch(Q_CONTACTS_BY_EMAIL, email_hash(self._email_key, email))
+        return [(row[0], row[1]) for row in rows]
+
     async def prune(self, retention: float) -> dict[str, int]:
         cutoff = time.time() - retention
-        pruned = {"events": 0, "attempts": 0}
+        pruned = {"events": 0, "attempts": 0, "contact_emails": 0}
         # In slices, each its own short transaction.
         while True:
             async with self._transaction() as conn:
@@ -240,7 +244,11 @@ class PostgresOperations(OperatorStore):
                 ]
                 events = rowcount(await conn.execute(Q_PRUNE_EVENTS, candidates))
             attempts = rowcount(await self.pool.execute(Q_PRUNE_ATTEMPTS, cutoff, self.prune_slice))
+            emails = rowcount(
+                await self.pool.execute(Q_PRUNE_EMAILS, cutoff, cutoff, self.prune_slice)
+            )
             pruned["events"] += events
             pruned["attempts"] += attempts
-            if events < self.prune_slice and attempts < self.prune_slice:
+            pruned["contact_emails"] += emails
+            if max(events, attempts, emails) < self.prune_slice:
                 return pruned

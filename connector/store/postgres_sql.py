@@ -34,6 +34,9 @@ from connector.store.queries import numbered
     Q_DEAD_LETTERS,
     Q_PRUNE_ATTEMPTS,
     Q_MARK_REPLAYED,
+    Q_EMAIL_KEY,
+    Q_CONTACTS_BY_EMAIL,
+    Q_PRUNE_EMAILS,
 ) = (
     numbered(q.RELEASE),
     numbered(q.DEAD),
@@ -47,6 +50,9 @@ from connector.store.queries import numbered
     numbered(q.DEAD_LETTERS),
     numbered(q.PRUNE_ATTEMPTS),
     numbered(q.MARK_REPLAYED),
+    numbered(q.EMAIL_KEY),
+    numbered(q.CONTACTS_BY_EMAIL),
+    numbered(q.PRUNE_EMAILS),
 )
 (Q_TRACE_EVENTS, Q_TRACE_ATTEMPTS, Q_TRACE_DEAD, Q_TRACE_PENDING, Q_TRACE_REMOTE_IDS) = (
     numbered(q.TRACE_EVENTS),
@@ -67,6 +73,22 @@ Q_MIGRATED = "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2
 Q_APPEND = """
     SELECT out_status, out_event_id
     FROM connector_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
+# The append of events carrying addresses, in the same round trip: the keyed hash of each address
+# ($13), with the number of its event in the batch ($14), is recorded for the events stored
+# (queued or dropped). DISTINCT: one upsert per row, however many events of the batch carried it.
+Q_APPEND_EMAILS = """
+    WITH appended AS (
+        SELECT a.out_status, a.out_event_id, a.n
+        FROM connector_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            WITH ORDINALITY AS a (out_status, out_event_id, n)
+    ), seen AS (
+        INSERT INTO contact_emails (email_hash, tenant, contact_id, seen_at)
+        SELECT DISTINCT m.email_hash, ($2::TEXT[])[m.n], ($3::TEXT[])[m.n], $10::DOUBLE PRECISION
+        FROM unnest($13::BYTEA[], $14::BIGINT[]) AS m (email_hash, n)
+        JOIN appended a ON a.n = m.n AND a.out_status <> 'duplicate'
+        ON CONFLICT (email_hash, tenant, contact_id) DO UPDATE SET seen_at = excluded.seen_at
+    )
+    SELECT out_status, out_event_id FROM appended ORDER BY n"""
 # The contacts' advisory locks, in the order given (sorted by the caller).
 Q_LOCK_CONTACTS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::BIGINT[]) AS k"
 

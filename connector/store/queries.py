@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
+from typing import Any
+
+from connector.store.base import DeadLetterPick
 
 DROPPED_AFTER_DELETE = "contact was deleted earlier; a late create or update cannot bring it back"
 
@@ -47,6 +51,19 @@ DEAD_LETTERS = """
         d.replayed_at, {payload}
     FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq"""
 MARK_REPLAYED = "UPDATE dead_letters SET replayed_at = ? WHERE id = ?"
+
+
+def dead_letter_list(
+    targets: Sequence[str] | None, limit: int, pick: DeadLetterPick | None
+) -> tuple[str, list[Any]]:
+    """The listing of dead letters (not replayed yet, oldest first), narrowed by ``pick``: the
+    query in ``?`` style and its parameters."""
+    listed = DeadLetterPick(targets=targets, not_replayed=True).where("d.")
+    picked = (pick or DeadLetterPick()).where("d.")
+    sql = f"{DEAD_LETTERS.format(payload='NULL')} WHERE {listed[0]} AND {picked[0]}"
+    return f"{sql} ORDER BY d.id LIMIT ?", [*listed[1], *picked[1], limit]
+
+
 # An event retention may delete: needed by no queued row and no dead letter, and not the latest
 # state of a live contact (kept, so that a forced re-write can map it again).
 NOT_NEEDED = """
@@ -59,6 +76,17 @@ NOT_NEEDED = """
                     AND t.contact_id = e.contact_id))"""
 PRUNE_ATTEMPTS = """
     DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? ORDER BY id LIMIT ?)"""
+
+# The contacts found by an address (its email_hash), and the addresses no event carried since the
+# cutoff, a slice at a time.
+EMAIL_KEY = "SELECT key FROM email_key"
+CONTACTS_BY_EMAIL = """
+    SELECT tenant, contact_id FROM contact_emails WHERE email_hash = ?
+    ORDER BY seen_at DESC, tenant, contact_id"""
+# The cutoff twice: a row an append refreshes meanwhile is checked again, and kept (PostgreSQL).
+PRUNE_EMAILS = """
+    DELETE FROM contact_emails WHERE seen_at < ? AND (email_hash, tenant, contact_id) IN (
+        SELECT email_hash, tenant, contact_id FROM contact_emails WHERE seen_at < ? LIMIT ?)"""
 
 # A contact's whole story (trace): scans, as tracing is rare and an index on contact ids would
 # cost every webhook a write.

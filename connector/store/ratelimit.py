@@ -37,6 +37,9 @@ Q_RATE_TAKE = """
              FROM clock, window_, held),
     taken AS (INSERT INTO rate_starts (account, at) SELECT $1, now FROM wait WHERE seconds <= 0)
     SELECT seconds FROM wait"""
+Q_RATE_IN_WINDOW = """
+    SELECT count(*) FROM rate_starts
+    WHERE account = $1 AND at > extract(epoch FROM clock_timestamp()) - $2"""
 Q_RATE_HOLD = """
     INSERT INTO rate_holds (account, until)
     VALUES ($1, extract(epoch FROM clock_timestamp()) + $2)
@@ -85,6 +88,10 @@ class PostgresRateLimiter(RateLimiter):
         task = asyncio.create_task(self._hold(seconds))  # the other replicas wait too
         self._holds.add(task)
         task.add_done_callback(self._holds.discard)
+
+    async def in_window(self) -> int:
+        async with self._transaction() as conn:
+            return int(await conn.fetchval(Q_RATE_IN_WINDOW, self.account, self.window))
 
     async def _hold(self, seconds: float) -> None:
         with contextlib.suppress(Exception):  # best effort: this replica holds regardless

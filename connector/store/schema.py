@@ -176,6 +176,24 @@ COMPANIES = """
     """
 
 
+def email_lookup(d: Dialect, random_key: str) -> str:
+    """Migration 4 (SQLite), 5 (PostgreSQL): contacts found by e-mail address, kept only as a
+    keyed hash (``base.email_hash``) under a random key of the store's own, made here once.
+    No index on ``seen_at``: retention scans, as it is rare and an index would cost every contact
+    event a write."""
+    return f"""
+    CREATE TABLE contact_emails (
+        email_hash {d.blob} NOT NULL,
+        tenant     TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        seen_at    {d.real} NOT NULL,  -- the last event that carried the address
+        PRIMARY KEY (email_hash, tenant, contact_id)
+    ){d.keyed};
+    CREATE TABLE email_key (key {d.blob} NOT NULL);  -- one row
+    INSERT INTO email_key (key) VALUES ({random_key});
+    """
+
+
 # --- PostgreSQL only ---------------------------------------------------------------------------
 
 # How connector_append finds a redelivery: migration 1 looks for any event with the same digest in
@@ -353,7 +371,12 @@ def _claim_function(shape: _ClaimShape) -> str:
 
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
-SQLITE_MIGRATIONS: list[str] = [tables(SQLITE), mirror(SQLITE), COMPANIES]
+SQLITE_MIGRATIONS: list[str] = [
+    tables(SQLITE),
+    mirror(SQLITE),
+    COMPANIES,
+    email_lookup(SQLITE, "randomblob(32)"),
+]
 
 # Each entry migrates the schema from version i to i + 1 (a row in schema_migrations).
 POSTGRES_MIGRATIONS: list[str] = [
@@ -391,4 +414,10 @@ POSTGRES_MIGRATIONS: list[str] = [
     """
     + _claim_function(_CLAIM_SYNC_STATE),
     COMPANIES,
+    # 5: 32 bytes of two random UUIDs (built in since PostgreSQL 13, unlike pgcrypto's
+    # gen_random_bytes): 244 random bits, the version and variant digits being fixed.
+    email_lookup(
+        POSTGRES,
+        "decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex')",
+    ),
 ]

@@ -44,7 +44,9 @@ from connector.store.base import (
     Store,
     TargetStatus,
     Trace,
+    email_hash,
     new_event_id,
+    normal_email,
     schema_problem,
 )
 from connector.store.schema import SQLITE_MIGRATIONS
@@ -127,6 +129,7 @@ class SQLiteStore(Store):
         self._lock_file: IO[bytes] | None = None
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
+        self._email_key: bytes | None = None  # contact_emails' key, read once at open/migrate
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -192,7 +195,9 @@ class SQLiteStore(Store):
                 conn.execute("PRAGMA busy_timeout = 10000")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
-                return _migrate(conn, self.path)
+                versions = _migrate(conn, self.path)
+                self._email_key = ops.email_key(conn)
+                return versions
             finally:
                 conn.close()
 
@@ -243,6 +248,7 @@ class SQLiteStore(Store):
                 problem = schema_problem(str(self.path), version, len(MIGRATIONS))
                 if problem:
                     raise ConfigError(problem)
+            self._email_key = ops.email_key(conn)
         except BaseException:
             conn.close()
             raise
@@ -324,12 +330,14 @@ class SQLiteStore(Store):
     # --- operations ------------------------------------------------------------------------------
 
     async def append(self, event: NewEvent) -> Accepted:
-        return await self._call(ops.append, event, new_event_id(), time.time(), self.dedupe_window)
+        return await self._call(
+            ops.append, event, new_event_id(), time.time(), self.dedupe_window, self._email_key
+        )
 
     async def append_many(self, events: Sequence[NewEvent]) -> list[Accepted]:
         now, window = time.time(), self.dedupe_window
         batch = [(event, new_event_id(), now, window) for event in events]
-        return await self._call(ops.append_many, batch)
+        return await self._call(ops.append_many, batch, self._email_key)
 
     async def claim(self, target: str, limit: int, lease: float) -> Claim:
         token = secrets.randbits(62)
@@ -359,9 +367,13 @@ class SQLiteStore(Store):
         return await self._call(ops.row, q.TARGET_STATE, (target,))
 
     async def dead_letters(
-        self, targets: Sequence[str] | None = None, limit: int = 1000
+        self,
+        targets: Sequence[str] | None = None,
+        limit: int = 1000,
+        *,
+        pick: DeadLetterPick | None = None,
     ) -> list[DeadLetter]:
-        return await self._call(ops.dead_letters, None, targets, limit)
+        return await self._call(ops.dead_letters, None, targets, limit, pick)
 
     async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         found = await self._call(ops.dead_letters, dead_letter_id, None, 1)
@@ -387,15 +399,20 @@ class SQLiteStore(Store):
     async def trace(self, contact_id: str) -> Trace:
         return await self._call(ops.trace, contact_id)
 
+    async def contacts_by_email(self, email: str) -> list[tuple[str, str]]:
+        if not normal_email(email) or self._email_key is None:
+            return []
+        return await self._call(ops.contacts_by_email, email_hash(self._email_key, email))
+
     async def prune(self, retention: float) -> dict[str, int]:
         cutoff = time.time() - retention
-        pruned = {"events": 0, "attempts": 0}
+        pruned = {"events": 0, "attempts": 0, "contact_emails": 0}
         # In slices, so webhooks arriving meanwhile never wait long for the writer.
         while True:
-            events, attempts = await self._call(ops.prune_slice, cutoff, self.prune_slice)
-            pruned["events"] += events
-            pruned["attempts"] += attempts
-            if events < self.prune_slice and attempts < self.prune_slice:
+            counts = await self._call(ops.prune_slice, cutoff, self.prune_slice)
+            for name, count in zip(pruned, counts, strict=True):
+                pruned[name] += count
+            if max(counts) < self.prune_slice:
                 return pruned
 
     async def status(self) -> list[TargetStatus]:

@@ -32,6 +32,7 @@ from connector.store.base import (
     Trace,
     TraceAttempt,
     TraceEvent,
+    email_hash,
     event_digest,
 )
 
@@ -60,6 +61,10 @@ Q_ENQUEUE = """
     VALUES (?, ?, ?, ?, ?, 1, ?)
     ON CONFLICT (target, contact_id) DO UPDATE SET
         op = excluded.op, last_seq = excluded.last_seq, events = queue.events + 1"""
+# The contact carried the address (again): it is found by it until retention forgets it.
+Q_SEEN_EMAIL = """
+    INSERT INTO contact_emails (email_hash, tenant, contact_id, seen_at) VALUES (?, ?, ?, ?)
+    ON CONFLICT (email_hash, tenant, contact_id) DO UPDATE SET seen_at = excluded.seen_at"""
 Q_CLAIM = """
     UPDATE queue SET claim = ?, claim_seq = last_seq, claim_events = events, claim_op = op,
         due_at = ?
@@ -118,8 +123,9 @@ def execute(conn: sqlite3.Connection, batch: list[Operation]) -> list[Settled]:
     """Run a group's operations in the open transaction; appends together in a few statements."""
     appends = [(args, fut) for fn, args, fut in batch if fn is append]
     results: list[Settled] = []
-    if appends:
-        accepted = append_many(conn, [args for args, _ in appends])
+    if appends:  # args: event, id, now, window, and the store's e-mail key (the same for all)
+        key = appends[0][0][4]
+        accepted = append_many(conn, [args[:4] for args, _ in appends], key)
         results = [(fut, a, None) for (_, fut), a in zip(appends, accepted, strict=True)]
     results += [(fut, fn(conn, *args), None) for fn, args, fut in batch if fn is not append]
     return results
@@ -160,21 +166,32 @@ def rowcount(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int
 
 
 def append(
-    conn: sqlite3.Connection, ev: NewEvent, event_id: str, now: float, window: float
+    conn: sqlite3.Connection,
+    ev: NewEvent,
+    event_id: str,
+    now: float,
+    window: float,
+    email_key: bytes | None,
 ) -> Accepted:
-    return append_many(conn, [(ev, event_id, now, window)])[0]
+    return append_many(conn, [(ev, event_id, now, window)], email_key)[0]
 
 
 def append_many(
-    conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, str, float, float]]
+    conn: sqlite3.Connection,
+    batch: Sequence[tuple[NewEvent, str, float, float]],
+    email_key: bytes | None,
 ) -> list[Accepted]:
-    """Store a group of events with a handful of statements, whatever the group's size."""
+    """Store a group of events with a handful of statements, whatever the group's size.
+
+    ``email_key``: the store's key of ``contact_emails`` (None before migration 4, when no event
+    with addresses can be stored)."""
     heads = _heads(conn, [ev for ev, _, _, _ in batch])
     deleted = _tombstoned(conn, [ev for ev, _, _, _ in batch if ev.op == "upsert"])
     seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
     events: list[tuple[Any, ...]] = []
     tombstones: list[tuple[Any, ...]] = []
     queued: list[tuple[Any, ...]] = []
+    emails: list[tuple[Any, ...]] = []
     answers: list[Accepted] = []
     for ev, event_id, now, window in batch:
         key = (ev.tenant, ev.contact_id)
@@ -190,6 +207,10 @@ def append_many(
             (seq, event_id, ev.tenant, ev.contact_id, ev.event_type, ev.op, ev.payload, now,
              dropped, digest)
         )  # fmt: skip
+        if ev.emails:  # stored, dropped or not: the contact carried these addresses
+            if email_key is None:
+                raise RuntimeError("the store's schema predates contact_emails: migrate it")
+            emails += [(email_hash(email_key, e), *key, now) for e in ev.emails]
         if dropped:
             answers.append(Accepted(event_id, "dropped", dropped))
             continue
@@ -201,6 +222,8 @@ def append_many(
     conn.executemany(Q_INSERT_EVENT, events)
     conn.executemany(Q_INSERT_TOMBSTONE, tombstones)
     conn.executemany(Q_ENQUEUE, queued)
+    if emails:
+        conn.executemany(Q_SEEN_EMAIL, emails)
     return answers
 
 
@@ -343,21 +366,18 @@ Q_PRUNE_EVENTS = f"""
 
 
 def dead_letters(
-    conn: sqlite3.Connection, one: int | None, targets: Sequence[str] | None, limit: int
+    conn: sqlite3.Connection,
+    one: int | None,
+    targets: Sequence[str] | None,
+    limit: int,
+    pick: DeadLetterPick | None = None,
 ) -> list[DeadLetter]:
     if one is not None:
         sql = q.DEAD_LETTERS.format(payload="e.payload")
         rows = conn.execute(f"{sql} WHERE d.id = ?", (one,)).fetchall()
     else:
-        where = "d.replayed_at IS NULL"
-        params: list[Any] = []
-        if targets is not None:
-            where += f" AND d.target IN ({','.join('?' * len(targets))})"
-            params += targets
-        sql = q.DEAD_LETTERS.format(payload="NULL")
-        rows = conn.execute(
-            f"{sql} WHERE {where} ORDER BY d.id LIMIT ?", [*params, limit]
-        ).fetchall()
+        sql, params = q.dead_letter_list(targets, limit, pick)
+        rows = conn.execute(sql, params).fetchall()
     return [DeadLetter(*row) for row in rows]
 
 
@@ -487,10 +507,25 @@ def trace(conn: sqlite3.Connection, contact_id: str) -> Trace:
     return Trace(events, attempts, dead, pending, remote_ids)
 
 
-def prune_slice(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[int, int]:
+def contacts_by_email(conn: sqlite3.Connection, digest: bytes) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = conn.execute(q.CONTACTS_BY_EMAIL, (digest,)).fetchall()
+    return rows
+
+
+def email_key(conn: sqlite3.Connection) -> bytes | None:
+    """The store's key of ``contact_emails``; None while the schema predates it."""
+    try:
+        key: bytes | None = scalar(conn, q.EMAIL_KEY, ())
+        return key
+    except sqlite3.OperationalError:  # no such table (yet)
+        return None
+
+
+def prune_slice(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[int, int, int]:
     events = conn.execute(Q_PRUNE_EVENTS, (cutoff, limit)).rowcount
     attempts = conn.execute(q.PRUNE_ATTEMPTS, (cutoff, limit)).rowcount
-    return events, attempts
+    emails = conn.execute(q.PRUNE_EMAILS, (cutoff, cutoff, limit)).rowcount
+    return events, attempts, emails
 
 
 # Operations that scan whole tables: run in a thread, so the event loop keeps serving meanwhile.

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +24,9 @@ from connector.config import load_config
 from connector.console import Backend, create_console_app
 from connector.errors import ConfigError
 from connector.service import Service, StartupError
-from testkit.payloads import TOKEN, contact, write_config
+from testkit.console import ADMIN_TOKEN, admin_config, at, sign_in
+from testkit.payloads import TOKEN, contact
 from testkit.service import send, status_reaches
-
-ADMIN_TOKEN = "admin-token-0123456789"
-
-
-def admin_config(tmp_path: Path, **admin: Any) -> Path:
-    return write_config(
-        tmp_path, None, admin={"host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN, **admin}
-    )
-
-
-@pytest.fixture
-async def console(tmp_path: Path) -> AsyncIterator[Service]:
-    service = Service(load_config(admin_config(tmp_path)))
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[aiohttp.ClientSession]:
-    # unsafe: the jar keeps cookies set by an IP address (127.0.0.1) too.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-        yield session
-
-
-def at(service: Service, path: str) -> str:
-    return f"http://127.0.0.1:{service.admin_port}{path}"
-
-
-async def sign_in(browser: aiohttp.ClientSession, service: Service) -> str:
-    """Sign in; return the session's CSRF token, read from the overview's forms."""
-    async with browser.post(at(service, "/login"), data={"token": ADMIN_TOKEN}) as response:
-        assert response.status == 200 and response.url.path == "/", await response.text()
-        page = await response.text()
-    found = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert found, page
-    return found.group(1)
 
 
 async def cli_status(service: Service) -> dict[str, Any]:
@@ -90,17 +52,17 @@ def _unused() -> Any:
 
 @pytest.mark.parametrize("secure", [False, True])
 async def test_sign_in_sets_a_session_cookie_with_its_flags(
-    tmp_path: Path, browser: aiohttp.ClientSession, secure: bool
+    tmp_path: Path, client: aiohttp.ClientSession, secure: bool
 ) -> None:
     service = Service(load_config(admin_config(tmp_path, secure_cookie=secure)))
     await service.start()
     try:
-        async with browser.get(at(service, "/login")) as response:
+        async with client.get(at(service, "/login")) as response:
             assert response.status == 200
             page = await response.text()
         assert '<label for="token">Admin token</label>' in page and 'type="password"' in page
         data = {"token": ADMIN_TOKEN}
-        async with browser.post(at(service, "/login"), data=data, allow_redirects=False) as answer:
+        async with client.post(at(service, "/login"), data=data, allow_redirects=False) as answer:
             assert answer.status == 303 and answer.headers["Location"] == "/"
             (cookie,) = answer.headers.getall("Set-Cookie")
         flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
@@ -108,7 +70,7 @@ async def test_sign_in_sets_a_session_cookie_with_its_flags(
         assert "SameSite=Strict" in cookie and "Path=/" in cookie
         assert ("secure" in flags) is secure
         if not secure:  # a Secure cookie is not sent back over plain HTTP: nothing more to see
-            async with browser.get(at(service, "/")) as response:
+            async with client.get(at(service, "/")) as response:
                 assert response.status == 200 and "<h1>Overview</h1>" in await response.text()
                 assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     finally:
@@ -116,13 +78,13 @@ async def test_sign_in_sets_a_session_cookie_with_its_flags(
 
 
 async def test_a_wrong_token_is_401_the_same_whatever_was_wrong_and_logged_without_it(
-    console: Service, browser: aiohttp.ClientSession
+    console: Service, client: aiohttp.ClientSession
 ) -> None:
     wrong = "typo-" + ADMIN_TOKEN
     pages = []
     with structlog.testing.capture_logs() as logs:
         for sent in (wrong, wrong, "", "x", ADMIN_TOKEN[:-1] + "!"):
-            async with browser.post(at(console, "/login"), data={"token": sent}) as response:
+            async with client.post(at(console, "/login"), data={"token": sent}) as response:
                 assert response.status == 401
                 assert "Set-Cookie" not in response.headers
                 pages.append(await response.text())
@@ -130,12 +92,12 @@ async def test_a_wrong_token_is_401_the_same_whatever_was_wrong_and_logged_witho
     refused = [e for e in logs if e["event"] == "console sign-in refused (401)"]
     assert [e["reason"] for e in refused] == ["wrong token", "no token"]  # rate-limited
     assert ADMIN_TOKEN not in repr(logs) and wrong not in repr(logs)
-    async with browser.get(at(console, "/"), allow_redirects=False) as response:
+    async with client.get(at(console, "/"), allow_redirects=False) as response:
         assert response.status == 303  # still not signed in
 
 
 async def test_every_token_comparison_goes_through_compare_digest(
-    console: Service, browser: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+    console: Service, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
     real = hmac.compare_digest
@@ -148,15 +110,15 @@ async def test_every_token_comparison_goes_through_compare_digest(
     same_length = "x" * len(ADMIN_TOKEN)
     for sent, status in (("", 401), ("short", 401), (same_length, 401), (ADMIN_TOKEN, 200)):
         before = len(calls)
-        async with browser.post(at(console, "/login"), data={"token": sent}) as response:
+        async with client.post(at(console, "/login"), data={"token": sent}) as response:
             assert response.status == status
         assert len(calls) > before, f"no constant-time comparison for {sent!r}"
-    async with browser.post(at(console, "/logout"), data={}) as response:
+    async with client.post(at(console, "/logout"), data={}) as response:
         assert response.status == 403  # the missing CSRF token was compared too, and refused
 
 
 async def test_every_admin_route_refuses_without_a_session(
-    console: Service, browser: aiohttp.ClientSession
+    console: Service, client: aiohttp.ClientSession
 ) -> None:
     routes = console_routes()
     assert ("GET", "/") in routes and ("POST", "/targets/pause") in routes
@@ -165,7 +127,7 @@ async def test_every_admin_route_refuses_without_a_session(
         for method, path in routes:
             if path == "/login":
                 continue
-            async with browser.request(
+            async with client.request(
                 method, at(console, path), headers=headers, allow_redirects=False
             ) as response:
                 if method in ("GET", "HEAD"):
@@ -177,54 +139,54 @@ async def test_every_admin_route_refuses_without_a_session(
 
 
 async def test_a_post_without_the_right_csrf_token_is_403(
-    console: Service, browser: aiohttp.ClientSession
+    console: Service, client: aiohttp.ClientSession
 ) -> None:
-    csrf = await sign_in(browser, console)
+    csrf = await sign_in(client, console)
     posts = [path for method, path in console_routes() if method == "POST" and path != "/login"]
     assert "/targets/pause" in posts and "/logout" in posts
     for path in posts:
         for sent in ({}, {"csrf": ""}, {"csrf": csrf[:-1] + ("A" if csrf[-1] != "A" else "B")}):
             form = {"target": "demo/fake", "reason": "forged", **sent}
-            async with browser.post(at(console, path), data=form) as response:
+            async with client.post(at(console, path), data=form) as response:
                 assert response.status == 403, (path, sent)
     assert (await cli_status(console))["paused"] is False
-    async with browser.get(at(console, "/")) as response:
+    async with client.get(at(console, "/")) as response:
         assert response.status == 200  # the session itself is still good
 
 
 async def test_the_webhook_port_serves_no_admin_route_and_the_admin_port_no_webhook(
-    console: Service, browser: aiohttp.ClientSession
+    console: Service, client: aiohttp.ClientSession
 ) -> None:
     assert console.port != console.admin_port
     for method, path in console_routes():
         url = f"http://127.0.0.1:{console.port}{path}"
-        async with browser.request(method, url, allow_redirects=False) as response:
+        async with client.request(method, url, allow_redirects=False) as response:
             assert response.status in (404, 405), (method, path)
-    csrf = await sign_in(browser, console)
+    csrf = await sign_in(client, console)
     webhook = at(console, "/webhooks/demo/contact-created")
     headers = {"X-Mimeeq-Token": TOKEN}
-    async with browser.post(webhook, json=contact(1), headers=headers) as response:
+    async with client.post(webhook, json=contact(1), headers=headers) as response:
         assert response.status == 403  # a JSON body carries no CSRF token
-    async with browser.post(webhook, data={"csrf": csrf}, headers=headers) as response:
+    async with client.post(webhook, data={"csrf": csrf}, headers=headers) as response:
         assert response.status == 404
     for path in ("/healthz", "/readyz", "/metrics"):
-        async with browser.get(at(console, path)) as response:
+        async with client.get(at(console, path)) as response:
             assert response.status == 404, path
 
 
 async def test_the_overview_shows_a_targets_counts_change(
-    console: Service, browser: aiohttp.ClientSession
+    console: Service, client: aiohttp.ClientSession
 ) -> None:
-    await sign_in(browser, console)
+    await sign_in(client, console)
 
     async def delivered_shown() -> tuple[str, Any]:
-        async with browser.get(at(console, "/")) as response:
+        async with client.get(at(console, "/")) as response:
             page = await response.text()
         row = re.search(r'<tr data-key="demo/fake".*?</tr>', page, re.S)
         assert row, page
         cell = re.search(r'data-field="delivered">(\d+)<', row.group(0))
         assert cell
-        async with browser.get(at(console, "/status.json")) as response:
+        async with client.get(at(console, "/status.json")) as response:
             (entry,) = [r for r in await response.json() if r["target"] == "fake"]
         return cell.group(1), entry["shown"]["delivered"]
 
@@ -236,11 +198,11 @@ async def test_the_overview_shows_a_targets_counts_change(
 
 
 async def test_pause_then_resume_from_the_console_as_status_sees_it(
-    console: Service, browser: aiohttp.ClientSession
+    console: Service, client: aiohttp.ClientSession
 ) -> None:
-    csrf = await sign_in(browser, console)
+    csrf = await sign_in(client, console)
     form = {"csrf": csrf, "target": "demo/fake", "reason": "CRM upgrade <tonight>"}
-    async with browser.post(at(console, "/targets/pause"), data=form) as response:
+    async with client.post(at(console, "/targets/pause"), data=form) as response:
         assert response.status == 200 and response.url.path == "/"
         page = await response.text()
     assert "paused: paused by an operator: CRM upgrade &lt;tonight&gt;" in page  # escaped
@@ -250,24 +212,24 @@ async def test_pause_then_resume_from_the_console_as_status_sees_it(
     assert row["paused_reason"] == "paused by an operator: CRM upgrade <tonight>"
 
     form = {"csrf": csrf, "target": "demo/fake"}
-    async with browser.post(at(console, "/targets/resume"), data=form) as response:
+    async with client.post(at(console, "/targets/resume"), data=form) as response:
         assert response.status == 200
         page = await response.text()
     assert "Pause fake</button>" in page and '<label for="reason-demo/fake">' in page
     assert (await cli_status(console))["paused"] is False
 
     form = {"csrf": csrf, "target": "demo/nobody"}
-    async with browser.post(at(console, "/targets/pause"), data=form) as response:
+    async with client.post(at(console, "/targets/pause"), data=form) as response:
         assert response.status == 400
 
 
-async def test_sign_out_ends_the_session(console: Service, browser: aiohttp.ClientSession) -> None:
-    csrf = await sign_in(browser, console)
-    cookie = {c.key: c.value for c in browser.cookie_jar}["connector_console"]
-    async with browser.post(at(console, "/logout"), data={"csrf": csrf}) as response:
+async def test_sign_out_ends_the_session(console: Service, client: aiohttp.ClientSession) -> None:
+    csrf = await sign_in(client, console)
+    cookie = {c.key: c.value for c in client.cookie_jar}["connector_console"]
+    async with client.post(at(console, "/logout"), data={"csrf": csrf}) as response:
         assert response.url.path == "/login"
     headers = {"Cookie": f"connector_console={cookie}"}  # the old cookie, replayed
-    async with browser.get(at(console, "/"), headers=headers, allow_redirects=False) as response:
+    async with client.get(at(console, "/"), headers=headers, allow_redirects=False) as response:
         assert response.status == 303
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ from connector.config import load_config
 from connector.errors import ConfigError
 from connector.store.base import (
     ClaimedItem,
+    DeadLetter,
     DeadLetterPick,
     NewEvent,
     Relink,
     Result,
     Store,
     SyncState,
+    email_hash,
 )
 from connector.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from connector.store.postgres import PostgresStore
@@ -53,6 +56,8 @@ class Backend:
     set_version: Callable[[int], Awaitable[None]]  # write a schema version (tests of refusal)
     # The schema of the release before sync state, with one event and one link row in it.
     create_version_1: Callable[..., Awaitable[None]]
+    create_version: Callable[[int], Awaitable[None]]  # the schema as migration n left it
+    fetch: Callable[[str], Awaitable[list[tuple[Any, ...]]]]  # rows of a query, read directly
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -73,12 +78,24 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 db.execute("PRAGMA user_version = 1")
                 db.commit()
 
+        async def sqlite_create(version: int) -> None:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                for migration in SQLITE_MIGRATIONS[:version]:
+                    db.executescript(migration)
+                db.execute(f"PRAGMA user_version = {version}")
+
+        async def sqlite_fetch(sql: str) -> list[tuple[Any, ...]]:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                return db.execute(sql).fetchall()
+
         yield Backend(
             "sqlite",
             f"sqlite:///{path}",
             lambda **options: SQLiteStore(path, **options),
             sqlite_version,
             sqlite_version_1,
+            sqlite_create,
+            sqlite_fetch,
         )
         return
     async with postgres_schema() as url:
@@ -111,12 +128,37 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             finally:
                 await conn.close()
 
+        async def postgres_create(version: int) -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                for migration in POSTGRES_MIGRATIONS[:version]:
+                    await conn.execute(migration)
+                await conn.execute(
+                    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                    " applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                await conn.executemany(
+                    "INSERT INTO schema_migrations VALUES ($1, 0)",
+                    [(n,) for n in range(1, version + 1)],
+                )
+            finally:
+                await conn.close()
+
+        async def postgres_fetch(sql: str) -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(url)
+            try:
+                return [tuple(row) for row in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
         yield Backend(
             "postgres",
             url,
             lambda **options: PostgresStore(url, **options),
             postgres_version,
             postgres_version_1,
+            postgres_create,
+            postgres_fetch,
         )
 
 
@@ -533,9 +575,9 @@ async def test_prune_keeps_what_is_still_needed(store: Store) -> None:
     claim = await store.claim(T, 10, 60)
     await store.complete(claim, [Result(i.contact_id, "delivered") for i in claim.items])
     await asyncio.sleep(0.05)
-    assert await store.prune(retention=3600) == {"events": 0, "attempts": 0}
+    assert await store.prune(retention=3600) == {"events": 0, "attempts": 0, "contact_emails": 0}
     pruned = await store.prune(retention=0.01)
-    assert pruned == {"events": 3, "attempts": 4}
+    assert pruned == {"events": 3, "attempts": 4, "contact_emails": 0}
     # A live contact's latest state stays (a forced re-write maps it again); older ones go.
     assert [e.payload for e in (await store.trace("delivered")).events] == [b'{"v": 1}']
     assert (await store.trace("gone")).events == []  # deleted: nothing of it is kept
@@ -545,6 +587,152 @@ async def test_prune_keeps_what_is_still_needed(store: Store) -> None:
     assert (await store.dead_letter(letter.id)).payload == b'{"v": 2}'  # type: ignore[union-attr]
     late = await store.append(event("gone", body=b'{"v": 5}'))
     assert late.status == "dropped"  # the tombstone outlives the events
+
+
+def letters_of(letters: list[DeadLetter]) -> list[str]:
+    return [d.contact_id for d in letters]
+
+
+async def test_dead_letters_are_filtered_by_the_targets_message_and_age(store: Store) -> None:
+    await dead(store, "c1", b'{"v": 1}', "Property EMAIL is invalid")
+    await dead(store, "c2", b'{"v": 2}', "rate limit: 100% used")
+    await dead(store, "c3", b'{"v": 3}', "rate limit: 100x_used")
+    c1, _, c3 = await store.dead_letters()
+
+    def listed(**pick: Any) -> Awaitable[list[DeadLetter]]:
+        return store.dead_letters(pick=DeadLetterPick(**pick))
+
+    assert letters_of(await listed(error_contains="email is")) == ["c1"]  # whatever the case
+    assert letters_of(await listed(error_contains="100%")) == ["c2"]  # % is no wildcard
+    assert letters_of(await listed(error_contains="100_")) == []  # nor is _
+    assert letters_of(await listed(error_contains="x_U")) == ["c3"]
+    assert letters_of(await listed(error_contains="RATE LIMIT")) == ["c2", "c3"]
+    assert letters_of(await store.dead_letters(limit=1, pick=DeadLetterPick(
+        error_contains="rate limit"))) == ["c2"]  # fmt: skip
+    assert await listed(failed_before=0) == []  # none before 1970
+    assert letters_of(await listed(failed_before=time.time() + 1)) == ["c1", "c2", "c3"]
+    assert letters_of(await listed(after_id=c1.id)) == ["c2", "c3"]
+    await store.replay([c3.id], [T])
+    assert letters_of(await listed(error_contains="rate")) == ["c2"]  # the list: not replayed
+    assert letters_of(await listed()) == ["c1", "c2"]
+
+
+async def test_dead_letters_are_filtered_by_targets_and_ids_together(store: Store) -> None:
+    other = "demo/other"
+    await dead(store, "c1", b'{"v": 1}')
+    await store.append(event("c2", "upsert", b'{"v": 2}', other))
+    claim = await store.claim(other, 10, 60)
+    await store.complete(claim, [Result("c2", "dead", error="refused")])
+    c1, c2 = await store.dead_letters()
+    both = [c1.id, c2.id]
+    pick = DeadLetterPick(ids=both, targets=[T])
+    assert letters_of(await store.dead_letters(pick=pick)) == ["c1"]
+    assert letters_of(await store.dead_letters([other], pick=DeadLetterPick(ids=both))) == ["c2"]
+    assert await store.dead_letters([T], 10, pick=DeadLetterPick(ids=[c2.id])) == []
+    assert await store.dead_letters(pick=DeadLetterPick(ids=[])) == []
+    assert letters_of(await store.dead_letters([T, other], 10)) == ["c1", "c2"]
+
+
+async def test_purge_takes_the_dead_letters_whose_message_matches(store: Store) -> None:
+    await dead(store, "c1", b'{"v": 1}', "Rate limit hit")
+    await dead(store, "c2", b'{"v": 2}', "invalid email")
+    await dead(store, "c3", b'{"v": 3}', "rate LIMIT again")
+    first = (await store.dead_letters())[0]
+    await store.replay([first.id], [T])
+    assert await store.purge(DeadLetterPick(error_contains="limit", not_replayed=True)) == 1
+    assert await store.purge(DeadLetterPick(error_contains="%")) == 0
+    assert await store.purge(DeadLetterPick(error_contains="RATE")) == 1  # the replayed one too
+    assert letters_of(await store.dead_letters()) == ["c2"]
+
+
+# --- contacts found by e-mail address ----------------------------------------------------------
+
+
+def contact(contact_id: str, *emails: str, tenant: str = "demo") -> NewEvent:
+    """A contact event carrying these addresses (a distinct body each time)."""
+    return replace(event(contact_id), tenant=tenant, emails=emails)
+
+
+async def test_contacts_are_found_by_their_email_address(store: Store) -> None:
+    await store.append(contact("c1", "Ann.Smith@Example.com"))
+    await asyncio.sleep(0.01)  # seen later
+    shared = contact("c2", "ann.smith@example.com", "bob@example.com")
+    await store.append(shared)
+    await store.append(contact("c3"))
+    assert await store.contacts_by_email("  ANN.SMITH@example.COM\t") == [
+        ("demo", "c2"), ("demo", "c1"),
+    ]  # fmt: skip
+    assert await store.contacts_by_email("Bob@Example.com") == [("demo", "c2")]
+    assert await store.contacts_by_email("nobody@example.com") == []
+    assert await store.contacts_by_email("") == []
+    assert await store.contacts_by_email("   ") == []
+    await asyncio.sleep(0.01)
+    await store.append_many(
+        [contact("c1", "ann.smith@example.com"), contact("x", "ann.smith@example.com",
+                                                         tenant="acme")]
+    )  # fmt: skip
+    assert (await store.append(shared)).status == "duplicate"  # a redelivery: nothing new seen
+    found = await store.contacts_by_email("ann.smith@example.com")
+    assert found[2:] == [("demo", "c2")]
+    assert sorted(found[:2]) == [("acme", "x"), ("demo", "c1")]
+
+
+async def test_a_batch_may_carry_one_address_several_times(store: Store) -> None:
+    answers = await store.append_many(
+        [contact("c1", "a@example.com", "A@example.com"), contact("c1", "a@example.com")]
+    )
+    assert [a.status for a in answers] == ["queued", "queued"]
+    assert await store.contacts_by_email("a@example.com") == [("demo", "c1")]
+
+
+async def test_a_dropped_event_still_tells_its_addresses(store: Store) -> None:
+    await store.append(event("c1", "delete"))
+    late = await store.append(contact("c1", "late@example.com"))
+    assert late.status == "dropped"
+    assert await store.contacts_by_email("late@example.com") == [("demo", "c1")]
+
+
+async def test_the_email_lookup_keeps_no_address_in_clear(store: Store, backend: Backend) -> None:
+    address = "Carol.Jones@Example.com"
+    await store.append(contact("c1", address))
+    ((digest, tenant, contact_id),) = await backend.fetch(
+        "SELECT email_hash, tenant, contact_id FROM contact_emails"
+    )
+    ((key,),) = await backend.fetch("SELECT key FROM email_key")
+    digest, key = bytes(digest), bytes(key)
+    assert (tenant, contact_id) == ("demo", "c1") and len(key) == 32
+    for clear in (address, address.lower(), address.casefold()):
+        assert clear.encode() not in digest
+        assert hashlib.sha256(clear.encode()).digest() != digest  # keyed, not a plain digest
+    assert digest == email_hash(key, address)
+
+
+async def test_retention_forgets_addresses_no_event_carried_since(store: Store) -> None:
+    await store.append(contact("old", "old@example.com"))
+    await store.append(contact("kept", "kept@example.com"))
+    await asyncio.sleep(0.3)
+    await store.append(contact("kept", "kept@example.com"))  # seen again: lives on
+    assert (await store.prune(retention=3600))["contact_emails"] == 0
+    assert (await store.prune(retention=0.2))["contact_emails"] == 1
+    assert await store.contacts_by_email("old@example.com") == []
+    assert await store.contacts_by_email("kept@example.com") == [("demo", "kept")]
+
+
+async def test_a_store_from_before_the_email_lookup_gains_it(backend: Backend) -> None:
+    previous = latest_version(backend) - 1
+    await backend.create_version(previous)
+    store = backend.make(schema="as-is")
+    await store.open()
+    try:
+        assert (await store.append(event("c0"))).status == "queued"
+        assert await store.contacts_by_email("a@example.com") == []
+        assert await store.migrate() == (previous, previous + 1)
+        assert (await store.append(contact("c1", "a@example.com"))).status == "queued"
+        assert await store.contacts_by_email("A@example.com") == [("demo", "c1")]
+        (item,) = (await store.claim(T, 1, 60)).items
+        assert item.contact_id == "c0"  # what was queued before is still there
+    finally:
+        await store.close()
 
 
 # --- the target as a mirror: dedupe, sync state, forced re-writes ------------------------------
