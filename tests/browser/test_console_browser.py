@@ -5,15 +5,20 @@ and by keyboard."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import re
+import signal
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from testkit.browser import Page
+from testkit.browser import Page, chromium
 from testkit.payloads import FAKE_MAPPING, contact, write_config
 from testkit.service import ServerProcess, free_port, post_all
 from testkit.waiting import eventually_blocking
@@ -29,24 +34,37 @@ class Server:
     console at ``console`` (URLs)."""
 
     def __init__(self, process: ServerProcess, admin_port: int) -> None:
+        self.process = process
         self.webhooks = process.url
         self.console = f"http://127.0.0.1:{admin_port}"
+
+    def reload(self) -> None:
+        """SIGHUP: the server reads its config and mappings again."""
+        assert self.process.proc is not None
+        self.process.proc.send_signal(signal.SIGHUP)
+
+
+@contextmanager
+def serving(folder: Path, mapping: dict[str, Any] | str) -> Iterator[Server]:
+    """The server on a CSV target ``sheet`` (``sheet.csv`` in ``folder``) with ``mapping``."""
+    admin_port = free_port()
+    targets = {TARGET: {"type": "csv", "path": "sheet.csv", "mapping": mapping}}
+    config = write_config(
+        folder, targets, admin={"host": "127.0.0.1", "port": admin_port, "token": ADMIN_TOKEN}
+    )
+    process = ServerProcess(config, free_port())
+    try:
+        process.start()  # once the webhook port listens; the console's may open a moment later
+        eventually_blocking(lambda: _connects(admin_port))
+        yield Server(process, admin_port)
+    finally:
+        process.stop()
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    admin_port = free_port()
-    targets = {TARGET: {"type": "csv", "path": "sheet.csv", "mapping": FAKE_MAPPING}}
-    config = write_config(
-        tmp_path, targets, admin={"host": "127.0.0.1", "port": admin_port, "token": ADMIN_TOKEN}
-    )
-    server = ServerProcess(config, free_port())
-    try:
-        server.start()  # once the webhook port listens; the console's may open a moment later
-        eventually_blocking(lambda: _connects(admin_port))
-        yield Server(server, admin_port)
-    finally:
-        server.stop()
+    with serving(tmp_path, FAKE_MAPPING) as server:
+        yield server
 
 
 def _connects(port: int) -> bool:
@@ -146,3 +164,95 @@ def test_sign_in_by_keyboard_alone(page: Page) -> None:
     page.wait_for_text("Overview")
     page.press_tab()
     assert page.focused_text(), "nothing on the overview takes the keyboard focus"
+
+
+BROKEN = """fields:
+  first: firstName
+  email: "emails[0].mail"
+  where: {from: addressDetails, join: ", "}
+"""
+FIXED = BROKEN.replace('{from: addressDetails, join: ", "}', "addressDetails.city")
+
+
+def test_repair_a_dead_letter_then_trace_the_contact_by_email(tmp_path: Path) -> None:
+    """An operator's round: a record the mapping cannot map is dead; they open it, the mapping
+    is fixed and reloaded (SIGHUP), they replay it and watch it turn delivered, then trace the
+    contact by e-mail and ask for a full re-write. A screenshot of every page on the way."""
+    mapping = tmp_path / "sheet.yaml"
+    mapping.write_text(BROKEN)
+    with serving(tmp_path, str(mapping)) as server, chromium() as driver:
+        page = Page(driver, server.console)
+        sign_in(page)
+        person = contact(1, emails=[{"type": "WORK", "mail": "Ada.Lovelace@example.com"}])
+        asyncio.run(post_all(server.webhooks, [("contact-created", person)]))
+        eventually_blocking(lambda: page.cell(TARGET, "Dead") == "1" or _missing(page))
+
+        page.click("Dead letters")
+        page.wait_for_text("join: expected a list, got an object")
+        assert "Ada.Lovelace" not in page.text()  # masked, as in the logs
+        page.screenshot("dead-letters")
+        (letter,) = re.findall(r"#(\d+)", page.text())
+        reflows(page, "/dead-letters", "dead-letters")
+        page.click(f"#{letter}")
+        page.wait_for_text("Target's message")
+        assert "Not shown:" in page.text()  # the current mapping still fails
+        page.screenshot("dead-letter")
+
+        mapping.write_text(FIXED)
+        server.reload()
+
+        def mapped_now() -> bool:
+            page.go(f"/dead-letters/{letter}")
+            assert '"where": "Example City"' in page.text()
+            return True
+
+        eventually_blocking(mapped_now)  # the detail shows the record as the server maps it
+        page.click(f"Replay #{letter}")
+        page.wait_for_text("Outcomes update by themselves")
+        page.driver.execute_script("window.sameDocument = true")
+        eventually_blocking(
+            lambda: page.cell(f"#{letter}", "Outcome") == "delivered" or _missing(page)
+        )
+        assert page.driver.execute_script("return window.sameDocument") is True  # no reload
+        page.screenshot("replay")
+        with (tmp_path / "sheet.csv").open(newline="") as f:
+            (row,) = list(csv.DictReader(f))
+        assert row["where"] == "Example City" and row["email"] == "Ada.Lovelace@example.com"
+
+        page.click("Trace")
+        page.fill("Mimeeq id or e-mail address", "ada.lovelace@EXAMPLE.com")
+        page.click("Look up")
+        page.wait_for_text(f"Contact {person['id']}")
+        timeline = page.text()
+        assert "push dead" in timeline and "push delivered" in timeline
+        assert "A***@example.com" in timeline and "Ada.Lovelace" not in timeline
+        page.screenshot("trace")
+
+        page.click(f"Write {person['id']} again in full to demo/{TARGET}")
+        page.wait_for_text(f"demo/{TARGET}: 1 contact(s) queued for a full re-write.")
+        page.click("Targets")
+        page.wait_for_text("Write contacts again in full")
+        page.screenshot("targets")
+        for path, name in (
+            ("/", "overview"),
+            ("/targets", "targets"),
+            (f"/dead-letters/{letter}", "dead-letter"),
+            (f"/trace?id={person['id']}", "trace"),
+        ):
+            reflows(page, path, name)
+
+
+def reflows(page: Page, path: str, name: str) -> None:
+    """At 200 % zoom the page needs no sideways scrolling (tables become labelled cards)."""
+    page.zoom(200)
+    try:
+        page.go(path)
+        page.wait_for_text("Sign out")
+        page.screenshot(f"{name}-zoom-200")
+        assert not page.has_horizontal_scroll(), f"{path} scrolls sideways at 200 % zoom"
+    finally:
+        page.zoom(100)
+
+
+def _missing(page: Page) -> bool:
+    raise AssertionError(f"not yet:\n{page.text()}")
