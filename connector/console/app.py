@@ -136,6 +136,7 @@ class Console:
         self.refusals = sign_in_refusals()
         self.script = (files("connector.console") / "static" / "console.js").read_bytes()
         self.replays: OrderedDict[str, ReplayDone] = OrderedDict()
+        self._token: str | None = None  # the admin token the sessions were opened with
 
     @property
     def config(self) -> Config:
@@ -174,6 +175,11 @@ class Console:
         return await handler(request)
 
     def _session(self, request: web.Request) -> Session | None:
+        token = self.backend.settings().token.get_secret_value()
+        if token != self._token:  # rotated by a reload: whoever signed in with the old one is out
+            if self._token is not None:
+                log.info("admin token changed: every console session ended")
+            self.sessions, self._token = Sessions(), token
         return self.sessions.find(request.cookies.get(SESSION_COOKIE))
 
     def _render(
@@ -203,6 +209,7 @@ class Console:
             self.refusals("wrong token" if sent else "no token", remote=request.remote)
             # The same page and words whatever was wrong: nothing to learn from the answer.
             return _page("login.html", 401, message="That is not the admin token.")
+        self._session(request)  # a token rotated since the last request: start afresh
         sid, _ = self.sessions.open()
         log.info("console sign-in", remote=request.remote)
         response = _see("/")

@@ -258,3 +258,26 @@ async def test_the_console_is_off_unless_configured_and_its_token_is_checked(
         load_config(admin_config(tmp_path, token="short-secret"))
     assert any("admin.token" in p and "16 characters" in p for p in short.value.problems)
     assert "short-secret" not in repr(short.value.problems)
+
+
+async def test_rotating_the_admin_token_ends_every_session(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    path = admin_config(tmp_path)
+    service = Service(load_config(path))
+    await service.start()
+    try:
+        await sign_in(client, service)
+        rotated = "rotated-admin-token-98765"
+        path.write_text(path.read_text().replace(ADMIN_TOKEN, rotated))
+        with structlog.testing.capture_logs() as logs:
+            assert await service.reload()
+            async with client.get(at(service, "/"), allow_redirects=False) as response:
+                assert response.status == 303  # the old session is gone
+        assert any(e["event"] == "admin token changed: every console session ended" for e in logs)
+        async with client.post(at(service, "/login"), data={"token": ADMIN_TOKEN}) as response:
+            assert response.status == 401
+        async with client.post(at(service, "/login"), data={"token": rotated}) as response:
+            assert response.status == 200 and response.url.path == "/"
+    finally:
+        await service.stop()

@@ -235,7 +235,8 @@ async def test_targets_page_pauses_with_a_reason_and_rewrites_a_contact_in_full(
     await eventually(written_again)
     (record,) = fake_adapter(console).pushes[-1]
     assert record.contact_id == contact(4)["id"] and not record.unchanged  # every field
-    for bad in ({"ids": ""}, {"target": "demo/nobody"}, {"ids": " ".join(f"CONT-{n}" for n in range(101))}):
+    too_many = " ".join(f"CONT-{n}" for n in range(101))
+    for bad in ({"ids": ""}, {"target": "demo/nobody"}, {"ids": too_many}):
         form = {"csrf": csrf, "target": "demo/fake", "ids": contact(4)["id"], **bad}
         assert (await post(client, at(console, "/targets/resync"), form))[0] == 400
 
