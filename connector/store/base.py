@@ -150,11 +150,12 @@ def normal_email(address: str) -> str:
     return address.strip().casefold()
 
 
-def email_hash(key: bytes, address: str) -> bytes:
-    """What the lookup table keeps of an address. Keyed with the store's own random key: the
-    table alone (a dump, a backup) does not let anyone test a list of known addresses against it,
-    as a plain digest would."""
-    return hmac.new(key, normal_email(address).encode(), hashlib.sha256).digest()
+def email_hash(key: bytes, address: str) -> int:
+    """What the lookup table keeps of an address: 64 bits of its HMAC-SHA-256. Keyed with the
+    store's own random key: the table alone (a dump, a backup) does not let anyone test a list of
+    known addresses against it, as a plain digest would."""
+    digest = hmac.new(key, normal_email(address).encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def event_digest(event: NewEvent) -> int:

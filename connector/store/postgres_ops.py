@@ -244,9 +244,7 @@ class PostgresOperations(OperatorStore):
                 ]
                 events = rowcount(await conn.execute(Q_PRUNE_EVENTS, candidates))
             attempts = rowcount(await self.pool.execute(Q_PRUNE_ATTEMPTS, cutoff, self.prune_slice))
-            emails = rowcount(
-                await self.pool.execute(Q_PRUNE_EMAILS, cutoff, cutoff, self.prune_slice)
-            )
+            emails = rowcount(await self.pool.execute(Q_PRUNE_EMAILS, cutoff, self.prune_slice))
             pruned["events"] += events
             pruned["attempts"] += attempts
             pruned["contact_emails"] += emails

@@ -75,7 +75,7 @@ Q_APPEND = """
     FROM connector_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
 # The append of events carrying addresses, in the same round trip: the keyed hash of each address
 # ($13), with the number of its event in the batch ($14), is recorded for the events stored
-# (queued or dropped). DISTINCT: one upsert per row, however many events of the batch carried it.
+# (queued or dropped).
 Q_APPEND_EMAILS = """
     WITH appended AS (
         SELECT a.out_status, a.out_event_id, a.n
@@ -83,10 +83,9 @@ Q_APPEND_EMAILS = """
             WITH ORDINALITY AS a (out_status, out_event_id, n)
     ), seen AS (
         INSERT INTO contact_emails (email_hash, tenant, contact_id, seen_at)
-        SELECT DISTINCT m.email_hash, ($2::TEXT[])[m.n], ($3::TEXT[])[m.n], $10::DOUBLE PRECISION
-        FROM unnest($13::BYTEA[], $14::BIGINT[]) AS m (email_hash, n)
+        SELECT m.email_hash, ($2::TEXT[])[m.n], ($3::TEXT[])[m.n], $10::DOUBLE PRECISION
+        FROM unnest($13::BIGINT[], $14::BIGINT[]) AS m (email_hash, n)
         JOIN appended a ON a.n = m.n AND a.out_status <> 'duplicate'
-        ON CONFLICT (email_hash, tenant, contact_id) DO UPDATE SET seen_at = excluded.seen_at
     )
     SELECT out_status, out_event_id FROM appended ORDER BY n"""
 # The contacts' advisory locks, in the order given (sorted by the caller).

@@ -82,11 +82,10 @@ PRUNE_ATTEMPTS = """
 EMAIL_KEY = "SELECT key FROM email_key"
 CONTACTS_BY_EMAIL = """
     SELECT tenant, contact_id FROM contact_emails WHERE email_hash = ?
-    ORDER BY seen_at DESC, tenant, contact_id"""
-# The cutoff twice: a row an append refreshes meanwhile is checked again, and kept (PostgreSQL).
+    GROUP BY tenant, contact_id ORDER BY max(seen_at) DESC, tenant, contact_id"""
 PRUNE_EMAILS = """
-    DELETE FROM contact_emails WHERE seen_at < ? AND (email_hash, tenant, contact_id) IN (
-        SELECT email_hash, tenant, contact_id FROM contact_emails WHERE seen_at < ? LIMIT ?)"""
+    DELETE FROM contact_emails WHERE id IN (
+        SELECT id FROM contact_emails WHERE seen_at < ? ORDER BY id LIMIT ?)"""
 
 # A contact's whole story (trace): scans, as tracing is rare and an index on contact ids would
 # cost every webhook a write.

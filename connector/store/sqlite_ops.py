@@ -61,10 +61,9 @@ Q_ENQUEUE = """
     VALUES (?, ?, ?, ?, ?, 1, ?)
     ON CONFLICT (target, contact_id) DO UPDATE SET
         op = excluded.op, last_seq = excluded.last_seq, events = queue.events + 1"""
-# The contact carried the address (again): it is found by it until retention forgets it.
+# The contact carried the address: it is found by it until retention forgets this event's row.
 Q_SEEN_EMAIL = """
-    INSERT INTO contact_emails (email_hash, tenant, contact_id, seen_at) VALUES (?, ?, ?, ?)
-    ON CONFLICT (email_hash, tenant, contact_id) DO UPDATE SET seen_at = excluded.seen_at"""
+    INSERT INTO contact_emails (email_hash, tenant, contact_id, seen_at) VALUES (?, ?, ?, ?)"""
 Q_CLAIM = """
     UPDATE queue SET claim = ?, claim_seq = last_seq, claim_events = events, claim_op = op,
         due_at = ?
@@ -524,7 +523,7 @@ def email_key(conn: sqlite3.Connection) -> bytes | None:
 def prune_slice(conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[int, int, int]:
     events = conn.execute(Q_PRUNE_EVENTS, (cutoff, limit)).rowcount
     attempts = conn.execute(q.PRUNE_ATTEMPTS, (cutoff, limit)).rowcount
-    emails = conn.execute(q.PRUNE_EMAILS, (cutoff, cutoff, limit)).rowcount
+    emails = conn.execute(q.PRUNE_EMAILS, (cutoff, limit)).rowcount
     return events, attempts, emails
 
 

@@ -25,8 +25,9 @@ def test_an_address_hashes_the_same_however_it_is_typed_and_only_with_its_key() 
     assert normal_email("  Ann@Example.COM ") == "ann@example.com"
     assert email_hash(key, " Ann@Example.COM") == email_hash(key, "ann@example.com")
     assert email_hash(key, "ann@example.com") != email_hash(other, "ann@example.com")
-    assert email_hash(key, "ann@example.com") != hashlib.sha256(b"ann@example.com").digest()
-    assert len(email_hash(key, "ann@example.com")) == 32
+    plain = hashlib.sha256(b"ann@example.com").digest()[:8]
+    assert email_hash(key, "ann@example.com") != int.from_bytes(plain, "big", signed=True)
+    assert -(2**63) <= email_hash(key, "ann@example.com") < 2**63  # a 64-bit column
 
 
 def test_a_picks_message_filter_matches_its_text_literally() -> None:
