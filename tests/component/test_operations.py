@@ -75,6 +75,37 @@ async def test_dead_letters_are_listed_shown_replayed_and_purged(running: Callab
     assert missing.exit_code == 1 and "no dead letter 999" in missing.stderr
 
 
+async def test_dlq_filters_by_the_targets_message_for_list_replay_and_purge(
+    running: Callable,
+) -> None:
+    service = await running()
+    fake = fake_adapter(service)
+    reasons = {contact(1)["id"]: "HTTP 400: EMAIL is invalid", contact(2)["id"]: "50% off"}
+    fake.script = lambda r: Dead(reasons[r.contact_id]) if r.contact_id in reasons else None
+    for n in (1, 2):
+        await send(service, "contact-created", contact(n))
+    await status_reaches(service, dead=2, pending=0)
+    config = config_of(service)
+
+    async def listed(*filters: str) -> list[str]:
+        found = await cli("dlq", "list", "--config", config, "--json", *filters)
+        return [d["contact_id"] for d in json.loads(found.stdout)]
+
+    assert await listed("--reason", "email") == [contact(1)["id"]]
+    assert await listed("--reason", "50%") == [contact(2)["id"]]  # literally, not a wildcard
+    assert await listed("--reason", "5_%") == []
+    assert await listed("--older-than-days", "1") == []
+    fake.script = None
+    replayed = await cli("dlq", "replay", "--all", "--reason", "Email", "--config", config,
+                         "--wait", "15")  # fmt: skip
+    assert replayed.exit_code == 0, replayed.output
+    assert f"{contact(1)['id']}: queued → delivered" in replayed.stdout
+    assert contact(2)["id"] not in replayed.stdout
+    purged = await cli("dlq", "purge", "--all", "--reason", "off", "--yes", "--config", config)
+    assert purged.stdout.strip() == "purged 1 dead letter(s)"
+    assert await listed() == []
+
+
 async def test_replay_needs_ids_or_all(running: Callable) -> None:
     service = await running()
     result = await cli("dlq", "replay", "--config", config_of(service))
