@@ -193,6 +193,15 @@ def test_repair_a_dead_letter_then_trace_the_contact_by_email(tmp_path: Path) ->
         page.screenshot("dead-letters")
         (letter,) = re.findall(r"#(\d+)", page.text())
         reflows(page, "/dead-letters", "dead-letters")
+        page.go("/dead-letters")
+        page.wait_for_text("Act on the dead letters")
+        seen = []
+        for _ in range(40):  # every control of the page, by keyboard alone
+            page.press_tab()
+            seen.append(page.focused_text())
+        for control in (f"Select dead letter {letter}", "Error contains", "Replay selected",
+                        "Purge all matching", f"#{letter}"):  # fmt: skip
+            assert control in seen, f"{control!r} not reached by Tab: {seen}"
         page.click(f"#{letter}")
         page.wait_for_text("Target's message")
         assert "Not shown:" in page.text()  # the current mapping still fails
