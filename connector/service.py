@@ -29,6 +29,7 @@ log = get_logger("connector.service")
 
 PRUNE_EVERY = 3600.0  # seconds between two retention passes
 GAUGES_MAX_AGE = 5.0  # seconds a scrape may reuse the queue figures of the one before
+LIVE_TIMEOUT = 2.0  # seconds the console waits for a shared rate budget's count
 
 
 class StartupError(Exception):
@@ -215,7 +216,8 @@ class Service:
             used = None
             if budget is not None:
                 with contextlib.suppress(Exception):  # the store is down: shown as unknown
-                    used = await budget.in_window()
+                    async with asyncio.timeout(LIVE_TIMEOUT):
+                        used = await budget.in_window()
             found[key] = TargetLive(
                 budget=(used, budget.requests) if budget is not None else None,
                 last_error=worker.last_error,

@@ -390,7 +390,9 @@ class Console:
         """The dead letters an action takes: the ones ticked, or all that match the filters."""
         if form.get("scope") == "matching":
             return None, LetterFilter.read(form, self.config).pick(self.config)
-        ids = [int(v) for v in form.getall("id", []) if isinstance(v, str) and v.isdigit()]
+        sent = form.getall("id", [])
+        # At most 18 digits: an id the stores can hold (below 2**63).
+        ids = [int(v) for v in sent if isinstance(v, str) and v.isdigit() and len(v) <= 18]
         return (ids or None), None
 
     # --- trace -------------------------------------------------------------------------------

@@ -9,15 +9,20 @@ import json
 import re
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from click.testing import CliRunner
 
 from connector.cli import main
+from connector.config import load_config
 from connector.outcomes import Dead, Retry
 from connector.service import Service
-from testkit.console import at, csrf_of, sign_in
+from fake_hubspot import FakeHubSpot
+from testkit.console import ADMIN_TOKEN, at, csrf_of, sign_in
+from testkit.hubspot import hubspot_config
 from testkit.payloads import TOKEN, contact
 from testkit.service import fake_adapter, send, status_reaches
 from testkit.waiting import eventually
@@ -282,3 +287,25 @@ async def test_a_wrong_admin_token_is_answered_like_a_wrong_webhook_token(
     medians = {name: statistics.median(values) for name, values in timings.items()}
     spread = max(medians.values()) - min(medians.values())
     assert spread < max(0.002, 0.5 * min(medians.values())), medians
+
+
+async def test_the_overview_shows_the_rate_budget_in_use(
+    tmp_path: Path, fake: FakeHubSpot, client: aiohttp.ClientSession
+) -> None:
+    path = hubspot_config(tmp_path, fake)
+    config = yaml.safe_load(path.read_text())
+    config["admin"] = {"host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN}
+    path.write_text(yaml.safe_dump(config))
+    service = Service(load_config(path))
+    await service.start()
+    try:
+        await sign_in(client, service)
+        for n in (1, 2, 3):
+            await send(service, "contact-created", contact(n))
+        await status_reaches(service, delivered=3, pending=0, target="demo/hubspot")
+        async with client.get(at(service, "/status.json")) as response:
+            (row,) = await response.json()
+        used = re.fullmatch(r"(\d+) of 100 in the window", row["shown"]["budget"])
+        assert used and 1 <= int(used.group(1)) <= len(fake.calls), row["shown"]
+    finally:
+        await service.stop()

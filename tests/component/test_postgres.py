@@ -368,6 +368,9 @@ async def test_replicas_share_one_rate_budget(replicas: Replicas) -> None:
     assert max(starts) - min(starts) < 10
     # Another account is not held back by this one, whose window is full right now.
     assert await stores[1].rate_limiter("account-2", 5, 0.5).acquire() < 0.3
+    # Every replica sees the same budget in use (the console shows it).
+    in_use = [await store.rate_limiter("account-2", 5, 0.5).in_window() for store in stores]
+    assert in_use == [1, 1, 1]
 
 
 async def test_a_hold_seen_by_one_replica_holds_them_all(replicas: Replicas) -> None:

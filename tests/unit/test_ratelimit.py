@@ -51,3 +51,13 @@ async def test_targets_of_one_account_share_a_limiter() -> None:
     a = shared_limiter("https://api.hubapi.com/", "token-1", 100, 10)
     assert shared_limiter("https://api.hubapi.com", "token-1", 100, 10) is a
     assert shared_limiter("https://api.hubapi.com", "token-2", 100, 10) is not a
+
+
+async def test_the_budget_in_use_counts_the_starts_of_the_window() -> None:
+    limiter = LocalRateLimiter(10, 0.2)
+    assert await limiter.in_window() == 0
+    for _ in range(3):
+        await limiter.acquire()
+    assert await limiter.in_window() == 3
+    await asyncio.sleep(limiter.window)
+    assert await limiter.in_window() == 0
