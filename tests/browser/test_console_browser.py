@@ -185,7 +185,7 @@ def test_repair_a_dead_letter_then_trace_the_contact_by_email(tmp_path: Path) ->
         sign_in(page)
         person = contact(1, emails=[{"type": "WORK", "mail": "Ada.Lovelace@example.com"}])
         asyncio.run(post_all(server.webhooks, [("contact-created", person)]))
-        eventually_blocking(lambda: page.cell(TARGET, "Dead") == "1" or _missing(page))
+        eventually_blocking(lambda: page.cell(TARGET, "Dead").split()[0] == "1" or _missing(page))
 
         page.click("Dead letters")
         page.wait_for_text("join: expected a list, got an object")
