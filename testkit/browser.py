@@ -146,8 +146,8 @@ class Page:
         return self._retry(shows, timeout)
 
     def cell(self, row: str, column: str) -> str:
-        """The text of a table's cell, by its row header's text and its column header's text
-        (as a screen reader names it). Raises AssertionError when there is none."""
+        """The text of a table's cell, by its row header's text (its ``th``, else its first cell)
+        and its column header's text (as a screen reader names them). Raises AssertionError when there is none."""
         found: object = self.driver.execute_script(_CELL, _words(row), _words(column))
         assert isinstance(found, str), f"no cell ({row!r}, {column!r}):\n{self.text()}"
         return found
@@ -238,7 +238,8 @@ for (const table of document.querySelectorAll("table")) {
   if (index < 0) continue;
   for (const tr of table.querySelectorAll("tbody tr")) {
     const cells = [...tr.children];
-    if (cells.length > index && words(cells[0].innerText) === row) {
+    const header = tr.querySelector("th") || cells[0];  // the row's header, else its first cell
+    if (cells.length > index && words(header.innerText) === row) {
       return cells[index].innerText.trim();
     }
   }

@@ -184,14 +184,17 @@ def test_repair_a_dead_letter_then_trace_the_contact_by_email(tmp_path: Path) ->
         page = Page(driver, server.console)
         sign_in(page)
         person = contact(1, emails=[{"type": "WORK", "mail": "Ada.Lovelace@example.com"}])
-        asyncio.run(post_all(server.webhooks, [("contact-created", person)]))
-        eventually_blocking(lambda: page.cell(TARGET, "Dead").split()[0] == "1" or _missing(page))
+        other = contact(2)  # given up on, later: purged
+        events = [("contact-created", person), ("contact-created", other)]
+        asyncio.run(post_all(server.webhooks, events))
+        eventually_blocking(lambda: page.cell(TARGET, "Dead").split()[0] == "2" or _missing(page))
 
         page.click("Dead letters")
         page.wait_for_text("join: expected a list, got an object")
         assert "Ada.Lovelace" not in page.text()  # masked, as in the logs
         page.screenshot("dead-letters")
-        (letter,) = re.findall(r"#(\d+)", page.text())
+        letters = {page.cell(f"#{n}", "Mimeeq id"): n for n in re.findall(r"#(\d+)", page.text())}
+        letter, unwanted = letters[person["id"]], letters[other["id"]]
         reflows(page, "/dead-letters", "dead-letters")
         page.go("/dead-letters")
         page.wait_for_text("Act on the dead letters")
@@ -239,9 +242,20 @@ def test_repair_a_dead_letter_then_trace_the_contact_by_email(tmp_path: Path) ->
 
         page.click(f"Write {person['id']} again in full to demo/{TARGET}")
         page.wait_for_text(f"demo/{TARGET}: 1 contact(s) queued for a full re-write.")
+        page.screenshot("resync")
         page.click("Targets")
         page.wait_for_text("Write contacts again in full")
         page.screenshot("targets")
+
+        page.click("Dead letters")
+        page.wait_for_text("1 dead letter(s) not replayed yet")
+        page.driver.find_element(By.ID, f"pick-{unwanted}").click()
+        page.click("Purge selected")
+        page.wait_for_text("Delete 1 dead letter(s) for good?")
+        page.screenshot("purge-confirm")
+        page.click("Delete 1 for good")
+        page.wait_for_text("Purged 1 dead letter(s).")
+        assert "No dead letters" in page.text()
         for path, name in (
             ("/", "overview"),
             ("/targets", "targets"),
