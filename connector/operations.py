@@ -123,11 +123,15 @@ async def replay_outcomes(
     for key in {r.target for r in queued}:
         ids = [r.contact_id for r in queued if r.target == key]
         still |= {(key, c) for c in await store.queued(key, ids)}
-    dead_again = {
-        (d.target, d.contact_id): d.error
-        for d in await store.dead_letters(sorted({r.target for r in queued}))
-        if d.failed_at >= since
-    }
+    # A contact that died again has a new dead letter, after every one replayed: page from there.
+    dead_again: dict[tuple[str, str], str] = {}
+    pick = DeadLetterPick(
+        targets=sorted({r.target for r in queued}),
+        after_id=max((r.dead_letter for r in queued), default=0),
+    )
+    while letters := await store.dead_letters(limit=REPLAY_CHUNK, pick=pick):
+        dead_again |= {(d.target, d.contact_id): d.error for d in letters if d.failed_at >= since}
+        pick = replace(pick, after_id=letters[-1].id)
     outcomes: dict[int, ReplayOutcome] = {}
     for r in queued:
         if (r.target, r.contact_id) in still:

@@ -202,6 +202,8 @@ def dlq_replay(
     """
     if bool(ids) == all_of:
         raise click.UsageError("give dead letter ids, or --all")
+    if ids and (reason is not None or older_than_days is not None):
+        raise click.UsageError("--reason and --older-than-days narrow --all, not ids")
     config = load(config_path)
     targets = pick_targets(config, tenant, target)
     pick = letter_pick(targets, reason, older_than_days) if all_of else None

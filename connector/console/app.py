@@ -7,6 +7,7 @@ Each action calls the function its CLI command calls (connector/operations.py).
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -51,6 +52,8 @@ MAX_REASON = 200  # characters of a pause reason
 MAX_FORM_BYTES = 256 * 1024  # room for a few thousand selected dead letters
 SHOWN_LETTERS = 200  # dead letters listed on a page
 MAX_IDS = 100  # contacts re-written in one go from the console
+MAX_SELECTED = 500  # dead letters ticked at once (a page shows 200; aiohttp takes 1000 fields)
+ID = re.compile(r"[0-9]{1,18}")  # a dead letter's id as sent: ASCII digits the stores can hold
 KEPT_REPLAYS = 50  # replays whose outcomes can still be followed
 BACK = frozenset({"/", "/targets"})  # where a pause or resume may return to
 
@@ -92,17 +95,29 @@ class LetterFilter:
     age: str = ""  # a key of AGES
 
     @classmethod
-    def read(cls, values: Mapping[str, Any], config: Config) -> LetterFilter:
+    def read(cls, values: Mapping[str, Any], config: Config, strict: bool = False) -> LetterFilter:
+        """The filters sent; one naming no tenant, target or age configured is left out, or,
+        ``strict`` (an action on all that match), refused with ValueError: never widened."""
+
         def text(name: str) -> str:
             value = values.get(name)
             return value.strip()[:MAX_REASON] if isinstance(value, str) else ""
 
         tenant, target, age = text("tenant"), text("target"), text("age")
+        known = {
+            "tenant": tenant in config.tenants,
+            "target": target in {t.key for t in config.targets},
+            "age": age in AGES,
+        }
+        sent = {"tenant": tenant, "target": target, "age": age}
+        unknown = [name for name, ok in known.items() if sent[name] and not ok]
+        if strict and unknown:
+            raise ValueError(f"no such {unknown[0]} now: {sent[unknown[0]]!r}; filter again")
         return cls(
-            tenant=tenant if tenant in config.tenants else "",
-            target=target if target in {t.key for t in config.targets} else "",
+            tenant=tenant if known["tenant"] else "",
+            target=target if known["target"] else "",
             reason=text("reason"),
-            age=age if age in AGES else "",
+            age=age if known["age"] else "",
         )
 
     def pick(self, config: Config) -> DeadLetterPick:
@@ -302,7 +317,7 @@ class Console:
         config = self.config
         chosen = LetterFilter.read(request.query, config)
         letters = await self.store.dead_letters(limit=SHOWN_LETTERS + 1, pick=chosen.pick(config))
-        purged = request.query.get("purged")
+        purged = request.query.get("purged", "")
         return self._render(
             request,
             "dead_letters.html",
@@ -312,7 +327,7 @@ class Console:
             ages=AGES,
             letters=letter_rows(letters[:SHOWN_LETTERS], time.time()),
             more=len(letters) > SHOWN_LETTERS,
-            purged=int(purged) if purged and purged.isdigit() else None,
+            purged=int(purged) if ID.fullmatch(purged) else None,
         )
 
     async def dead_letter(self, request: web.Request) -> web.StreamResponse:
@@ -334,12 +349,16 @@ class Console:
         form = await request.post()
         config = self.config
         targets = [t.key for t in config.targets]
-        ids, pick = self._chosen_letters(form)
+        try:
+            ids, pick = self._chosen_letters(form)
+        except ValueError as exc:
+            return self._problem(request, "Nothing replayed", str(exc))
         if ids is None and pick is None:
             return self._problem(request, "Nothing replayed", "Select dead letters first.")
+        since = time.time()  # before: a contact may die again while a long replay runs
         report = await operations.replay(self.store, ids, targets, pick)
         rid = secrets.token_urlsafe(12)
-        self.replays[rid] = ReplayDone(report, time.time())
+        self.replays[rid] = ReplayDone(report, since)
         while len(self.replays) > KEPT_REPLAYS:
             self.replays.popitem(last=False)
         log.info("dead letters replayed from the console", replayed=len(report))
@@ -373,15 +392,27 @@ class Console:
         return {letter: mask(outcome) for letter, outcome in found.items()}
 
     async def purge(self, request: web.Request) -> web.StreamResponse:
+        """Purge what was ticked or matches, once confirmed: exactly the letters counted (none
+        newer, the same age limit), not replayed meanwhile."""
         form = await request.post()
-        ids, pick = self._chosen_letters(form)
+        try:
+            ids, pick = self._chosen_letters(form)
+            through, before = _confirmed(form)
+        except ValueError as exc:
+            return self._problem(request, "Nothing purged", str(exc))
         if ids is not None:
-            pick = DeadLetterPick(ids=ids, not_replayed=False)
+            pick = DeadLetterPick(ids=ids, not_replayed=True)
         if pick is None:
             return self._problem(request, "Nothing purged", "Select dead letters first.")
-        if form.get("confirmed") != "yes":
-            count = await _count(self.store, pick)
-            return self._render(request, "confirm_purge.html", count=count, form=_fields(form))
+        if through is None:
+            count, last = await _count(self.store, pick)
+            if not count:
+                return self._problem(request, "Nothing purged", "No dead letter is left to purge.")
+            fields = [*_fields(form), ("through", str(last))]
+            if pick.failed_before is not None:
+                fields.append(("before", repr(pick.failed_before)))
+            return self._render(request, "confirm_purge.html", count=count, form=fields)
+        pick = replace(pick, through_id=through, failed_before=before or pick.failed_before)
         purged = await self.store.purge(pick)
         log.info("dead letters purged from the console", purged=purged)
         return _see(f"/dead-letters?purged={purged}")
@@ -389,10 +420,10 @@ class Console:
     def _chosen_letters(self, form: Form) -> tuple[list[int] | None, DeadLetterPick | None]:
         """The dead letters an action takes: the ones ticked, or all that match the filters."""
         if form.get("scope") == "matching":
-            return None, LetterFilter.read(form, self.config).pick(self.config)
-        sent = form.getall("id", [])
-        # At most 18 digits: an id the stores can hold (below 2**63).
-        ids = [int(v) for v in sent if isinstance(v, str) and v.isdigit() and len(v) <= 18]
+            return None, LetterFilter.read(form, self.config, strict=True).pick(self.config)
+        ids = [int(v) for v in form.getall("id", []) if isinstance(v, str) and ID.fullmatch(v)]
+        if len(ids) > MAX_SELECTED:
+            raise ValueError(f"at most {MAX_SELECTED} ticked at once: use all matching instead")
         return (ids or None), None
 
     # --- trace -------------------------------------------------------------------------------
@@ -437,20 +468,31 @@ def _tenants(found: Any) -> set[str]:
     return {e.tenant for e in found.events} if found else set()
 
 
-async def _count(store: Store, pick: DeadLetterPick) -> int:
-    """How many dead letters ``pick`` chooses (for the purge's confirmation)."""
-    counted, after = 0, None
+async def _count(store: Store, pick: DeadLetterPick) -> tuple[int, int]:
+    """How many dead letters ``pick`` chooses, and the last one's id (the purge confirms them)."""
+    counted, after = 0, 0
     while letters := await store.dead_letters(limit=1000, pick=replace(pick, after_id=after)):
         counted += len(letters)
         after = letters[-1].id
-    return counted
+    return counted, after
+
+
+def _confirmed(form: Form) -> tuple[int | None, float | None]:
+    """The last id and the age limit a purge's confirmation counted with (None: not confirmed)."""
+    through, before = form.get("through"), form.get("before")
+    if through is None:
+        return None, None
+    if not isinstance(through, str) or not ID.fullmatch(through):
+        raise ValueError("this confirmation is not one the console made: purge again")
+    try:
+        return int(through), float(before) if isinstance(before, str) else None
+    except ValueError:
+        raise ValueError("this confirmation is not one the console made: purge again") from None
 
 
 def _fields(form: Form) -> list[tuple[str, str]]:
     """A form's fields (but its token), to send again once confirmed."""
-    return [
-        (k, v) for k, v in form.items() if isinstance(v, str) and k not in ("csrf", "confirmed")
-    ]
+    return [(k, v) for k, v in form.items() if isinstance(v, str) and k != "csrf"]
 
 
 def _back(form: Form) -> str:

@@ -147,6 +147,9 @@ def mapped_record(
         return None, f"{mapping.source}: {mask(str(exc))}"
 
 
+FINISHED = frozenset({"delivered", "unchanged", "dead"})  # push outcomes that end its webhooks
+
+
 @dataclass(frozen=True)
 class Entry:
     """A line of a contact's timeline."""
@@ -165,14 +168,18 @@ def timeline(found: Trace) -> list[dict[str, Any]]:
         fate = f"dropped: {e.dropped}" if e.dropped else "stored and queued"
         entries.append(Entry(e.received_at, f"webhook {e.event_type} received, {fate}",
                              details=(f"event {e.event_id}",)))  # fmt: skip
-    folded_from: dict[str, int] = {}  # target -> the seq its previous push reached
+    done_up_to: dict[str, int] = {}  # target -> the last seq a finished push of it carried
     for a in sorted(found.attempts, key=lambda a: (a.at, a.seq)):
         details = []
-        previous = folded_from.get(a.target, 0)
-        folded = [e for e in found.events if previous < e.seq <= a.seq and not e.dropped]
+        previous, tenant = done_up_to.get(a.target, 0), split_key(a.target)[0]
+        folded = [
+            e for e in found.events
+            if e.tenant == tenant and previous < e.seq <= a.seq and not e.dropped
+        ]  # fmt: skip
         if len(folded) > 1:
             details.append(f"{len(folded)} webhooks coalesced into this push")
-        folded_from[a.target] = max(previous, a.seq)
+        if a.outcome in FINISHED:  # a retry carries the same webhooks again
+            done_up_to[a.target] = max(previous, a.seq)
         if a.remote_id:
             details.append(f"CRM id {a.remote_id}")
         if a.mapping:

@@ -77,9 +77,10 @@ class DeadLetterPick:
     ids: Sequence[int] | None = None
     targets: Sequence[str] | None = None
     failed_before: float | None = None  # wall clock
-    error_contains: str | None = None  # in the target's message, whatever the case
+    error_contains: str | None = None  # in the target's message, any case (ASCII only on SQLite)
     not_replayed: bool = False
     after_id: int | None = None  # those after this one (paging through a long list)
+    through_id: int | None = None  # none after this one (what an operator confirmed)
 
     def where(self, alias: str = "") -> tuple[str, list[Any]]:
         """The condition in ``?`` style, valid in SQLite and PostgreSQL, and its parameters
@@ -101,6 +102,9 @@ class DeadLetterPick:
                 f"lower({alias}error) LIKE ('%' || lower(CAST(? AS TEXT)) || '%') ESCAPE '\\'"
             )
             params.append(re.sub(r"([\\%_])", r"\\\1", self.error_contains))
+        if self.through_id is not None:
+            where.append(f"{alias}id <= ?")
+            params.append(self.through_id)
         if self.after_id is not None:
             where.append(f"{alias}id > ?")
             params.append(self.after_id)

@@ -5,6 +5,7 @@ columns. Each action is checked against what the CLI sees."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import statistics
@@ -147,7 +148,7 @@ async def test_replay_all_matching_takes_only_the_filtered_ones_and_says_dead_ag
     assert still[0] == first and second not in still  # a new letter replaces the replayed one
 
 
-async def test_purge_asks_for_confirmation_first(
+async def test_purge_asks_for_confirmation_first_and_takes_only_what_was_counted(
     console: Service, client: aiohttp.ClientSession
 ) -> None:
     await two_dead_letters(console)
@@ -157,12 +158,45 @@ async def test_purge_asks_for_confirmation_first(
     assert status == 200 and "Delete 2 dead letter(s) for good?" in text
     assert len(await cli_json(console, "dlq", "list")) == 2  # nothing deleted yet
     confirmed = re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', text)
-    assert ("confirmed", "yes") in confirmed and ("tenant", "demo") in confirmed
+    assert ("tenant", "demo") in confirmed and "through" in dict(confirmed)
+    await send(console, "contact-created", contact(1, lastName="Later"))  # dies after the count
+    await status_reaches(console, dead=3, pending=0)
     status, path, text = await post(client, at(console, "/dead-letters/purge"), confirmed)
     assert (status, path) == (200, "/dead-letters") and "Purged 2 dead letter(s)." in text
-    assert await cli_json(console, "dlq", "list") == []
+    (left,) = await cli_json(console, "dlq", "list")  # the one that came after the count
+    assert left["contact_id"] == contact(1)["id"]
+
+    # A ticked letter replayed meanwhile is not counted, nor deleted.
+    form = [("csrf", csrf), ("scope", "selected"), ("id", str(left["id"]))]
+    _, _, text = await post(client, at(console, "/dead-letters/purge"), form)
+    confirmed = re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', text)
+    assert "Delete 1 dead letter(s) for good?" in text
+    await cli_json(console, "dlq", "replay", str(left["id"]))
+    _, _, text = await post(client, at(console, "/dead-letters/purge"), confirmed)
+    assert "Purged 0 dead letter(s)." in text
     status, _, text = await post(client, at(console, "/dead-letters/purge"), {"csrf": csrf})
     assert status == 400 and "Select dead letters first." in text
+
+
+async def test_actions_on_dead_letters_refuse_what_they_cannot_take(
+    console: Service, client: aiohttp.ClientSession
+) -> None:
+    csrf = await sign_in(client, console)
+    for form, problem in (
+        ({"scope": "matching", "target": "demo/gone"}, "no such target now: 'demo/gone'"),
+        ({"scope": "matching", "tenant": "other"}, "no such tenant now: 'other'"),
+        ({"scope": "selected", "id": "²"}, "Select dead letters first."),
+        ({"scope": "selected", "id": "9" * 40}, "Select dead letters first."),
+        ([("scope", "selected"), *[("id", str(n)) for n in range(1, 502)]], "at most 500"),
+        ({"scope": "matching", "through": "x"}, "not one the console made"),
+    ):
+        sent = [("csrf", csrf), *(form.items() if isinstance(form, dict) else form)]
+        for action in ("replay", "purge"):
+            if action == "replay" and ("through", "x") in sent:
+                continue
+            status, _, text = await post(client, at(console, f"/dead-letters/{action}"), sent)
+            assert status == 400 and problem in html.unescape(text), (action, form, text)
+    assert "No dead letters" in await page(client, at(console, "/dead-letters?purged=²"))
 
 
 async def test_trace_by_email_finds_the_contact_and_shows_its_timeline_masked(

@@ -95,6 +95,8 @@ async def test_dlq_filters_by_the_targets_message_for_list_replay_and_purge(
     assert await listed("--reason", "50%") == [contact(2)["id"]]  # literally, not a wildcard
     assert await listed("--reason", "5_%") == []
     assert await listed("--older-than-days", "1") == []
+    narrowed = await cli("dlq", "replay", "1", "--reason", "email", "--config", config)
+    assert narrowed.exit_code == 2 and "narrow --all, not ids" in narrowed.output
     fake.script = None
     replayed = await cli("dlq", "replay", "--all", "--reason", "Email", "--config", config,
                          "--wait", "15")  # fmt: skip
