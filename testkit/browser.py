@@ -147,7 +147,7 @@ class Page:
 
     def cell(self, row: str, column: str) -> str:
         """The text of a table's cell, by its row header's text (its ``th``, else its first cell)
-        and its column header's text (as a screen reader names them). Raises AssertionError when there is none."""
+        and its column header's text (as a screen reader names them); AssertionError when none."""
         found: object = self.driver.execute_script(_CELL, _words(row), _words(column))
         assert isinstance(found, str), f"no cell ({row!r}, {column!r}):\n{self.text()}"
         return found
